@@ -1,0 +1,77 @@
+"""Small torch helpers: device selection, FLOP counting, timing."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+__all__ = ["select_device", "count_flops", "count_params", "measure_latency"]
+
+
+def select_device(device: str | None = "") -> torch.device:
+    """'' or None: CUDA if available, else CPU; 'cpu'; '0' or 'cuda:0'; '0,1' -> first listed."""
+    device = (device or "").strip().lower().replace("cuda:", "")
+    if device in ("", "auto"):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if device == "cpu":
+        return torch.device("cpu")
+    if device == "mps":
+        return torch.device("mps")
+    first = device.split(",")[0]
+    if not first.isdigit():
+        raise ValueError(f"--device {device!r}: use 'cpu', a CUDA index such as 0, or 0,1")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return torch.device(f"cuda:{first}")
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_flops(model: torch.nn.Module, img_size: int | tuple[int, int] = 640, batch: int = 1) -> int:
+    """FLOPs of one forward (batch ``batch``) counted by torch.utils.flop_counter.
+
+    PyTorch counts a multiply-add as 2 FLOPs; upstream YOLOv5 prints GFLOPs with the same convention.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    p = next(model.parameters())
+    ch = getattr(getattr(model, "cfg", None), "in_channels", 3)
+    x = torch.zeros(batch, ch, h, w, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def measure_latency(model: torch.nn.Module, img_size: int = 640, runs: int = 20, warmup: int = 3,
+                    batch: int = 1) -> float:
+    """Median forward latency in milliseconds (eval mode, warm-up, synchronised on CUDA)."""
+    p = next(model.parameters())
+    x = torch.rand(batch, 3, img_size, img_size, device=p.device, dtype=p.dtype)
+    was_training = model.training
+    model.eval()
+    sync = torch.cuda.synchronize if p.device.type == "cuda" else (lambda: None)
+    try:
+        for _ in range(warmup):
+            model(x)
+        sync()
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            model(x)
+            sync()
+            times.append((time.perf_counter() - t) * 1000)
+    finally:
+        model.train(was_training)
+    return statistics.median(times)

@@ -75,3 +75,35 @@ def measure_latency(model: torch.nn.Module, img_size: int = 640, runs: int = 20,
     finally:
         model.train(was_training)
     return statistics.median(times)
+
+
+def de_parallel(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model inside DataParallel/DistributedDataParallel."""
+    return model.module if isinstance(model, (torch.nn.parallel.DataParallel,
+                                              torch.nn.parallel.DistributedDataParallel)) else model
+
+
+class ModelEMA:
+    """Exponential moving average of a model's state (upstream YOLOv5 semantics).
+
+    decay(updates) = decay * (1 - exp(-updates / tau)): the average follows the live weights
+    closely at first and smooths more as training goes on.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
+        import copy
+        import math
+        self.ema = copy.deepcopy(de_parallel(model)).eval()
+        self.updates = updates
+        self._decay = lambda x: decay * (1 - math.exp(-x / tau))
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = self._decay(self.updates)
+        msd = de_parallel(model).state_dict()
+        for k, v in self.ema.state_dict().items():
+            if v.dtype.is_floating_point:
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)

@@ -37,7 +37,7 @@ import yaml
 from models import (CheckpointError, Darknet, build_model, load_cfg_file, load_checkpoint,
                     make_checkpoint, model_from_checkpoint, save_checkpoint)
 from models.checkpoint import _initialize, atomic_save, check_cfg_matches
-from utils.general import LOGGER, increment_path, init_seeds, set_cpu_threads
+from utils.general import LOGGER, increment_path, init_seeds, set_cpu_threads, setup_logging
 from utils.torch_utils import ModelEMA, de_parallel, select_device
 
 __all__ = ["add_train_args", "Trainer", "run_training", "DEFAULT_HYP", "DEFAULT_CFG", "ddp_env"]
@@ -85,6 +85,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--nbs", type=int, default=64,
                    help="nominal batch size: gradients are accumulated to about this many images")
     p.add_argument("--save-period", type=int, default=-1, help="also save epoch<N>.pt every N epochs")
+    p.add_argument("--max-train-images", type=int, default=0,
+                   help="train on the first N training images only (smoke tests)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (slower)")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     return p
@@ -180,6 +182,7 @@ class Trainer:
         if opt.local_rank != -1 and self.local_rank == -1:
             self.local_rank = opt.local_rank
         self.main = self.rank in (-1, 0)
+        setup_logging(self.main)
         self._setup()
 
     # ------------------------------------------------------------------ set-up
@@ -308,8 +311,9 @@ class Trainer:
             p.requires_grad_(not any(k.startswith(f) for f in freeze))
 
         batch = opt.batch_size // self.world_size
+        train_files = self.data.train[:opt.max_train_images] if opt.max_train_images else self.data.train
         loader, dataset = create_dataloader(
-            self.data.train, imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect,
+            train_files, imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect,
             workers=opt.workers, shuffle=not opt.rect, seed=opt.seed, rank=self.rank,
             world_size=self.world_size, cache=opt.cache, nc=self.data.nc, prefix="train: ")
         self.dataset = dataset

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LOGGER", "increment_path", "init_seeds", "colorstr", "set_cpu_threads"]
+__all__ = ["LOGGER", "increment_path", "init_seeds", "colorstr", "set_cpu_threads", "setup_logging"]
 
 LOGGER = logging.getLogger("yolov5-prune")
 
@@ -64,3 +64,14 @@ def colorstr(*args: str) -> str:
     if not os.isatty(1):
         return text
     return "".join(_COLORS[s] for s in styles) + text + _COLORS["end"]
+
+
+def setup_logging(verbose: bool = True) -> None:
+    """Plain message logging to stdout for the command-line scripts (call from main, not at import)."""
+    import sys
+    if not LOGGER.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOGGER.addHandler(handler)
+    LOGGER.setLevel(logging.INFO if verbose else logging.WARNING)
+    LOGGER.propagate = False

@@ -1,0 +1,178 @@
+"""The pipeline report: every stage's accuracy, size and speed, measured side by side.
+
+    python scripts/pipeline_report.py --run runs/pipeline/default --data data/builtin.yaml --img 256 \
+        --base B.pt --sparse S.pt --pruned P.pt --finetune F.pt --distill D.pt
+
+Writes ``<run>/report.json``, ``<run>/report.md`` (with the plots of the run) and prints the table.
+Latency: batch 1, BN fused, one CPU thread, median of repeated runs after warm-up (plus CUDA when
+present).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGETS = {"baseline_mAP50": 0.7, "param_reduction": 0.5, "flop_reduction": 0.5, "mAP50_drop": 0.03}
+STAGES = [("baseline", "base"), ("sparse", "sparse"), ("pruned", "pruned"),
+          ("finetuned", "finetune"), ("finetuned+distill", "distill")]
+
+
+def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -> dict:
+    import copy
+
+    import torch
+
+    from models import load_model
+    from utils.evaluate import evaluate_dataset
+    from utils.torch_utils import count_flops, count_params, measure_latency
+
+    model = load_model(weights, device="cpu", verbose=False)
+    res = evaluate_dataset(model, data_cfg, img_size=img, batch_size=batch, workers=workers,
+                           progress=False)
+    fused = copy.deepcopy(model).fuse().eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cpu_ms = measure_latency(fused, img, runs=30, warmup=5)
+    finally:
+        torch.set_num_threads(threads)
+    out = {
+        "weights": str(weights), "mAP50": float(res.mAP50), "mAP50-95": float(res.mAP50_95),
+        "params": count_params(model), "flops": count_flops(model, img),
+        "size_mb": weights.stat().st_size / 1e6, "cpu_ms": cpu_ms, "gpu_ms": None,
+    }
+    if torch.cuda.is_available():
+        out["gpu_ms"] = measure_latency(fused.cuda(), img, runs=50, warmup=10)
+    return out
+
+
+def ratios(stages: dict) -> None:
+    base = stages["baseline"]
+    for s in stages.values():
+        s["ratio"] = {k: (s[k] / base[k] if base.get(k) else None)
+                      for k in ("params", "flops", "size_mb", "cpu_ms", "gpu_ms")
+                      if s.get(k) is not None and base.get(k)}
+
+
+def check_targets(stages: dict) -> dict:
+    base, final = stages["baseline"], stages["finetuned+distill"]
+    checks = {
+        "baseline mAP@0.5 >= 0.7": base["mAP50"] >= TARGETS["baseline_mAP50"],
+        "final params >= 50% fewer": final["params"] <= (1 - TARGETS["param_reduction"]) * base["params"],
+        "final FLOPs >= 50% fewer": final["flops"] <= (1 - TARGETS["flop_reduction"]) * base["flops"],
+        "final mAP@0.5 within 0.03 of baseline": final["mAP50"] >= base["mAP50"] - TARGETS["mAP50_drop"],
+    }
+    return checks
+
+
+def table(stages: dict) -> str:
+    from terminaltables import AsciiTable
+    rows = [["stage", "mAP@.5", "mAP@.5:.95", "params", "GFLOPs", "size MB", "CPU ms", "GPU ms",
+             "params x", "FLOPs x", "CPU ms x"]]
+    for name, s in stages.items():
+        r = s["ratio"]
+        rows.append([name, f"{s['mAP50']:.4f}", f"{s['mAP50-95']:.4f}", f"{s['params']:,}",
+                     f"{s['flops'] / 1e9:.3f}", f"{s['size_mb']:.2f}", f"{s['cpu_ms']:.1f}",
+                     "-" if s["gpu_ms"] is None else f"{s['gpu_ms']:.2f}",
+                     f"{r.get('params', 0):.3f}", f"{r.get('flops', 0):.3f}", f"{r.get('cpu_ms', 0):.3f}"])
+    return AsciiTable(rows).table
+
+
+def markdown(report: dict, run: Path) -> str:
+    lines = [f"# Pipeline report: {run.name}", "",
+             f"Machine: {report['machine']}; image size {report['img']}; data {report['data']}.", "",
+             "| stage | mAP@.5 | mAP@.5:.95 | params | GFLOPs | size MB | CPU ms (1 thread) | GPU ms | "
+             "params ratio | FLOPs ratio | CPU latency ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in report["stages"].items():
+        r = s["ratio"]
+        gpu = "-" if s["gpu_ms"] is None else f"{s['gpu_ms']:.2f}"
+        lines.append(f"| {name} | {s['mAP50']:.4f} | {s['mAP50-95']:.4f} | {s['params']:,} | "
+                     f"{s['flops'] / 1e9:.3f} | {s['size_mb']:.2f} | {s['cpu_ms']:.1f} | {gpu} | "
+                     f"{r.get('params', 0):.3f} | {r.get('flops', 0):.3f} | {r.get('cpu_ms', 0):.3f} |")
+    lines += ["", "Step times (s): " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
+    if report["targets"] is not None:
+        lines.append("Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}"
+                                             for k, v in report["targets"].items()))
+        lines.append("")
+    for title, rel in report["figures"].items():
+        lines += [f"## {title}", "", f"![{title}]({rel})", ""]
+    return "\n".join(lines)
+
+
+def figures(run: Path) -> dict:
+    out = {}
+    for title, pattern in [("gamma histograms during sparsity training", "sparse/gamma_hist.png"),
+                           ("per-layer gamma before/after sparsity training", "sparse/gamma_layers.png"),
+                           ("channels per layer before/after pruning", "pruned/*.png"),
+                           ("detections of the final model", "detect/*.jpg"),
+                           ("baseline training curves", "base/results.png")]:
+        hits = sorted(run.glob(pattern))
+        if hits:
+            out[title] = str(hits[0].relative_to(run))
+    return out
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="the pipeline's output folder")
+    p.add_argument("--data", default=None)
+    p.add_argument("--img", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--quick", type=int, default=0, help="1: smoke run, accuracy targets do not apply")
+    for _, key in STAGES:
+        p.add_argument(f"--{key}", required=True, help=f"{key} checkpoint")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from utils.datasets import load_data_config
+    opt = parse_args(argv)
+    run = Path(opt.run)
+    data_cfg = load_data_config(opt.data)
+    torch.set_num_threads(max(torch.get_num_threads(), 1))
+    stages = {}
+    for name, key in STAGES:
+        t = time.time()
+        stages[name] = measure_stage(Path(getattr(opt, key)), data_cfg, opt.img, opt.batch_size, opt.workers)
+        print(f"{name}: measured in {time.time() - t:.1f}s", flush=True)
+    ratios(stages)
+    timings = {}
+    tf = run / "timings.txt"
+    if tf.exists():
+        for line in tf.read_text().split("\n"):
+            if line.strip():
+                k, v = line.split()
+                timings[k] = int(v)
+    report = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads available, "
+                   f"{'CUDA ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}",
+        "img": opt.img, "data": str(data_cfg.source), "quick": bool(opt.quick),
+        "stages": stages, "timings": timings,
+        "targets": None if opt.quick else check_targets(stages),
+        "figures": figures(run),
+    }
+    (run / "report.json").write_text(json.dumps(report, indent=2))
+    (run / "report.md").write_text(markdown(report, run))
+    print(table(stages))
+    if report["targets"] is not None:
+        for k, ok in report["targets"].items():
+            print(f"  {'met   ' if ok else 'MISSED'}  {k}")
+        if not all(report["targets"].values()):
+            print("WARNING: the run missed at least one of its stated targets (see above)")
+    print(f"Report: {run / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

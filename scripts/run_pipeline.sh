@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# The five steps of yolov5-prune chained end to end, then a report.
+#
+#   bash scripts/run_pipeline.sh                 # built-in dataset, default settings
+#   QUICK=1 bash scripts/run_pipeline.sh         # same chain in about two minutes (smoke test)
+#   DATA=data/coco_hand.yaml CFG=models/yolov5s.yaml IMG=640 EPOCHS=50 bash scripts/run_pipeline.sh
+#
+# Every step prints the command line it runs, so any of them can be copied and rerun by hand.
+# Settings (environment variables): DATA CFG WEIGHTS IMG BATCH EPOCHS SP_EPOCHS FT_EPOCHS SCALE
+# STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS NAME DEVICE WORKERS PYTHON QUICK.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+QUICK=${QUICK:-0}
+NAME=${NAME:-$([ "$QUICK" = 1 ] && echo quick || echo default)}
+DATA=${DATA:-data/builtin.yaml}
+CFG=${CFG:-models/yolov5n.yaml}
+WEIGHTS=${WEIGHTS:-}
+DEVICE=${DEVICE:-}
+STRATEGY=${STRATEGY:-8x}
+LAYER_KEEP=${LAYER_KEEP:-0.01}
+SCALE=${SCALE:-0.002}
+if [ "$QUICK" = 1 ]; then
+  IMG=${IMG:-128}; BATCH=${BATCH:-16}; EPOCHS=${EPOCHS:-2}; SP_EPOCHS=${SP_EPOCHS:-1}
+  FT_EPOCHS=${FT_EPOCHS:-1}; PERCENT=${PERCENT:-0.5}; NTRAIN=${NTRAIN:-64}
+else
+  IMG=${IMG:-256}; BATCH=${BATCH:-16}; EPOCHS=${EPOCHS:-30}; SP_EPOCHS=${SP_EPOCHS:-20}
+  FT_EPOCHS=${FT_EPOCHS:-15}; PERCENT=${PERCENT:-0.5}; NTRAIN=${NTRAIN:-}
+fi
+TARGET_FLOPS=${TARGET_FLOPS:-}
+
+OUT=runs/pipeline/$NAME
+mkdir -p "$OUT"
+COMMON=(--img "$IMG" --batch "$BATCH" --data "$DATA" --project "$OUT" --exist-ok)
+[ -n "$DEVICE" ] && COMMON+=(--device "$DEVICE")
+[ -n "${WORKERS:-}" ] && COMMON+=(--workers "$WORKERS")
+[ -n "$NTRAIN" ] && COMMON+=(--max-train-images "$NTRAIN")
+T_START=$(date +%s)
+
+step() {  # step NAME command...: print, run, time, stop on failure
+  local name=$1; shift
+  echo
+  echo "==> [$name] $*"
+  local t0=$(date +%s)
+  "$@"
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  echo "$name $dt" >> "$OUT/timings.txt"
+  if [ $rc -ne 0 ]; then
+    echo "pipeline stopped: step '$name' failed (exit $rc)" >&2
+    exit $rc
+  fi
+}
+: > "$OUT/timings.txt"
+
+# 1. baseline training
+if [ -n "$WEIGHTS" ]; then BASE_INIT=(--weights "$WEIGHTS"); else BASE_INIT=(--weights ''); fi
+step train $PY train.py "${COMMON[@]}" --epochs "$EPOCHS" --cfg "$CFG" "${BASE_INIT[@]}" --name base
+BASE=$OUT/base/weights/best.pt
+
+# 2. sparsity training (all prunable layers unless strategy 1)
+PRUNE_SET=1; [ "$STRATEGY" = 1 ] && PRUNE_SET=0
+step sparsity $PY train_sparsity.py "${COMMON[@]}" --epochs "$SP_EPOCHS" --weights "$BASE" \
+  --name sparse -sr --scale "$SCALE" --prune "$PRUNE_SET"
+SPARSE=$OUT/sparse/weights/last.pt
+
+# 3. channel pruning
+case "$STRATEGY" in
+  1) PRUNE=(prune_yolov5s.py --percent "$PERCENT") ;;
+  2) PRUNE=(shortcut_prune_yolov5s.py --percent "$PERCENT") ;;
+  3) PRUNE=(slim_prune_yolov5s.py --global_percent "$PERCENT" --layer_keep "$LAYER_KEEP") ;;
+  8x) PRUNE=(slim_prune_yolov5s_8x.py --global_percent "$PERCENT" --layer_keep "$LAYER_KEEP") ;;
+  *) echo "STRATEGY=$STRATEGY: use 1, 2, 3 or 8x" >&2; exit 2 ;;
+esac
+[ -n "$TARGET_FLOPS" ] && PRUNE+=(--target-flops "$TARGET_FLOPS")
+step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG" --out-dir "$OUT/pruned"
+PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
+
+# 4. finetune: plain and distilled from the sparse (unpruned) model
+step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --weights "$PRUNED" --name finetune
+step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --weights "$PRUNED" \
+  --name finetune_distill --distill --t_weights "$SPARSE"
+FINAL=$OUT/finetune_distill/weights/best.pt
+
+# 5. detection with the final model
+SOURCE=$($PY -c "from utils.datasets import load_data_config as l; d=l('$DATA'); print(d.val[0].parent if d.val else '')")
+step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" \
+  --project "$OUT" --name detect --exist-ok
+
+# report
+echo "total $(( $(date +%s) - T_START ))" >> "$OUT/timings.txt"
+step report $PY scripts/pipeline_report.py --run "$OUT" --data "$DATA" --img "$IMG" \
+  --base "$BASE" --sparse "$SPARSE" --pruned "$PRUNED" --finetune "$OUT/finetune/weights/best.pt" \
+  --distill "$FINAL" --quick "$QUICK"

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-import tempfile
+import uuid
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    # os.open with 0o666 lets the umask decide the mode, as for any new file (mkstemp gives 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -150,10 +153,15 @@ def load_checkpoint(weights: str | Path, cfg: str | Path | None = None, verbose:
     if path.suffix.lower() in (".yaml", ".yml", ".cfg", ".data"):
         raise CheckpointError(f"{path}: this is a {path.suffix} description, not a weights file; "
                               f"pass it to --cfg or --data and give a .pt file to --weights")
-    if path.stat().st_size == 0 or not _is_zip_or_pickle(path):
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (empty or unknown file format)")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the weights file is empty; write or download it again")
+    if not _is_zip_or_pickle(path):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint, or a truncated one (no zip "
+                              f"directory or pickle header found); write or download it again")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a failure here is expected for upstream pickles
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # upstream pickles need the restricted importer
         from .upstream import UpstreamError, import_upstream  # local: optional heavy path
         try:
@@ -169,8 +177,9 @@ def load_checkpoint(weights: str | Path, cfg: str | Path | None = None, verbose:
     state = obj.get("model") if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
     if isinstance(state, dict) and any(str(k).startswith("module_list.") for k in state):
         return _from_bare_state_dict(path, state, cfg)
-    raise CheckpointError(f"{path}: unrecognised checkpoint contents "
-                          f"(keys: {sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__})")
+    what = f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+    raise CheckpointError(f"{path}: not a YOLOv5 checkpoint (it holds {what}); pass a checkpoint "
+                          f"written by this toolkit or by YOLOv5 v6.x/v7.0")
 
 
 def _from_bare_state_dict(path: Path, state: dict, cfg: str | Path | None) -> dict:
@@ -185,7 +194,8 @@ def _from_bare_state_dict(path: Path, state: dict, cfg: str | Path | None) -> di
                                             "format": "cfg state dict", "cfg": str(cfg)}])
 
 
-def _load_state(model: Darknet, state: dict, what: str) -> None:
+def _load_state(model: Darknet, state: dict, what: str,
+                hint: str = "Use the cfg the weights were saved with (or omit --cfg).") -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -196,8 +206,7 @@ def _load_state(model: Darknet, state: dict, what: str) -> None:
             f"{len(missing)} missing (e.g. {missing[0]})" if missing else "",
             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
             f"{len(wrong)} of other shape (e.g. {wrong[0]})" if wrong else ""]))
-        raise CheckpointError(f"{what}: the weights do not match the architecture: {detail}. "
-                              f"Use the cfg the weights were saved with (or omit --cfg).")
+        raise CheckpointError(f"{what}: the weights do not match the architecture: {detail}. {hint}")
     model.load_state_dict(state)
 
 

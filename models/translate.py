@@ -230,7 +230,7 @@ def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[
     if detect_k is None:
         raise CfgError(f"{path}: the model has no Detect block")
     det: DetectBlock = blocks[detect_k]
-    det_inputs = [f % len(blocks) if f < 0 else f for f in det.f]
+    det_inputs = [detect_k + f if f < 0 else f for f in det.f]  # relative to the Detect block
     if det_inputs != sorted(det_inputs):
         raise CfgError(f"{path}: Detect inputs {det.f} must be in increasing order")
     all_anchors = [v for level in det.anchors for a in level for v in a]

@@ -101,9 +101,9 @@ def make_checkpoint(model: Darknet, *, ema: torch.nn.Module | None = None, updat
         "epoch": int(epoch),
         "best_fitness": None if best_fitness is None else float(best_fitness),
         "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
-        "hyp": dict(hyp or {}),
+        "hyp": _plain(dict(hyp or {})),
         "opt": _plain(opt or {}),
-        "history": list(history or []),
+        "history": _plain(list(history or [])),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
     ckpt.update(extra)
@@ -118,8 +118,14 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
+    if isinstance(value, (str, bool)) or value is None:
         return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalars
+        return value.item()
     return str(value)
 
 

@@ -405,10 +405,11 @@ class Trainer:
                     xi = [0, nw]
                     accumulate = max(1, round(np.interp(ni, xi, [1, nbs / opt.batch_size])))
                     for j, g in enumerate(optimizer.param_groups):
-                        g["lr"] = np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 2 else 0.0,
-                                                     g["initial_lr"] * lf(epoch)])
+                        g["lr"] = float(np.interp(ni, xi, [hyp["warmup_bias_lr"] if j == 2 else 0.0,
+                                                           g["initial_lr"] * lf(epoch)]))
                         if "momentum" in g:
-                            g["momentum"] = np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])
+                            g["momentum"] = float(np.interp(ni, xi, [hyp["warmup_momentum"],
+                                                                     hyp["momentum"]]))
                 with torch.autocast(device_type=device.type, enabled=cuda):
                     preds = model(imgs)
                     loss, loss_items = compute_loss(preds, targets.to(device))

@@ -1,0 +1,280 @@
+"""prune_detect.py and its helpers: sources, labels, outputs, .pt/.onnx parity, bad input."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import prune_detect
+from models import CheckpointError, build_model, save_checkpoint
+from utils.sources import SourceError, iter_frames, parse_img_size, resolve_sources
+
+NAMES = ["circle", "cross", "square"]
+IMG = "64"
+HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+def _confident_tiny_model() -> torch.nn.Module:
+    """yolov5n, 3 classes, whose finest level gives varied, input-dependent boxes and scores.
+
+    A freshly initialised network's outputs hardly depend on the input and its scores sit far
+    below any threshold; a variance-keeping init plus an amplified P3 head fixes both, so the
+    tests see real detections with distinct scores (no ties for NMS to break arbitrarily).
+    """
+    torch.manual_seed(0)
+    model = build_model("models/yolov5n.yaml", nc=len(NAMES))
+    model.names = list(NAMES)
+    for _, seq in model.conv_layers():
+        torch.nn.init.kaiming_normal_(seq.Conv2d.weight, nonlinearity="relu")
+    level = model.yolo_layers[0]
+    conv = model.module_list[model.cfg.layers[model.yolo_indices[0]].inputs[0]].Conv2d
+    with torch.no_grad():
+        w = conv.weight.view(level.na, -1, conv.in_channels)  # (na, 5+nc, cin)
+        b = conv.bias.view(level.na, -1)
+        w[:, 4:] *= 60
+        w[:, :4] *= 3
+        b[:, 4] += 6.6
+        b[:, 5:] += 1.2
+    return model
+
+
+def _image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = rng.integers(0, 255, 3)
+    for _ in range(3):
+        c = tuple(int(v) for v in rng.integers(0, 255, 3))
+        cv2.circle(img, (int(rng.integers(0, w)), int(rng.integers(0, h))), int(rng.integers(4, 16)), c, -1)
+    return img
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """weights/tiny.pt, src/{a.jpg (48x64), b.png (40x64), v.avi (5 frames)}; letterboxing pads both."""
+    root = tmp_path_factory.mktemp("detect")
+    save_checkpoint(root / "weights" / "tiny.pt", _confident_tiny_model())
+    src = root / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(src / "a.jpg"), _image(rng, 48, 64))
+    cv2.imwrite(str(src / "b.png"), _image(rng, 40, 64))
+    (src / "notes.md").write_text("not an image")  # ignored by folder sources
+    writer = cv2.VideoWriter(str(src / "v.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    assert writer.isOpened()
+    for _ in range(5):
+        writer.write(_image(rng, 48, 64))
+    writer.release()
+    return root
+
+
+def _run(workdir: Path, tmp_path: Path, *extra: str, weights: Path | None = None,
+         source: str | None = None) -> prune_detect.DetectResult:
+    argv = ["--weights", str(weights or workdir / "weights" / "tiny.pt"), "--img", IMG,
+            "--source", source or str(workdir / "src"), "--project", str(tmp_path), "--name", "exp",
+            *extra]
+    return prune_detect.detect(prune_detect.parse_args(argv))
+
+
+def _read_labels(path: Path) -> np.ndarray:
+    rows = [[float(v) for v in line.split()] for line in path.read_text().splitlines() if line.strip()]
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1)
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_folder_with_images_and_video_writes_same_names_and_labels(workdir, tmp_path, capsys):
+    assert prune_detect.main(["--weights", str(workdir / "weights" / "tiny.pt"), "--img", IMG,
+                              "--source", str(workdir / "src"), "--project", str(tmp_path),
+                              "--save-txt", "--save-conf", "--max-det", "10"]) == 0
+    out = tmp_path / "exp"
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == ["a.jpg", "b.png", "v.avi"]
+    labels = sorted(p.name for p in (out / "labels").iterdir())
+    assert labels == ["a.txt", "b.txt"] + [f"v_{i}.txt" for i in range(1, 6)]
+    for src_name in ("a.jpg", "b.png"):
+        src = cv2.imread(str(workdir / "src" / src_name))
+        ann = cv2.imread(str(out / src_name))
+        assert ann.shape == src.shape
+    cap = cv2.VideoCapture(str(out / "v.avi"))
+    frames = 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == 5 and cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 64 and cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 48
+    cap.release()
+    rows = np.concatenate([_read_labels(out / "labels" / n) for n in labels])
+    assert len(rows) > 0, "the fixture model should detect something"
+    assert rows.shape[1] == 6  # cls cx cy w h conf
+    assert set(rows[:, 0]) <= set(range(len(NAMES)))
+    assert (rows[:, 1:5] >= 0).all() and (rows[:, 1:5] <= 1).all()
+    assert (rows[:, 5] >= 0.25).all()  # default --conf
+    printed = capsys.readouterr().out
+    assert "image 1/3 " in printed and "video 3/3 (5/5) " in printed
+    assert "Speed:" in printed and "ms inference" in printed and str(out) in printed
+
+
+def test_annotated_image_matches_labels(workdir, tmp_path):
+    """The drawn box lies where the label says: every changed pixel is on its outline."""
+    res = _run(workdir, tmp_path, "--save-txt", "--max-det", "1", "--hide-labels",
+               "--line-thickness", "1", source=str(workdir / "src" / "b.png"))
+    rows = _read_labels(res.label_files[0])
+    assert len(rows) == 1
+    src = cv2.imread(str(workdir / "src" / "b.png")).astype(int)
+    ann = cv2.imread(str(res.save_dir / "b.png")).astype(int)
+    h, w = src.shape[:2]
+    _, cx, cy, bw, bh = rows[0]
+    x1, y1 = int(round((cx - bw / 2) * w)), int(round((cy - bh / 2) * h))
+    x2, y2 = int(round((cx + bw / 2) * w)), int(round((cy + bh / 2) * h))
+    changed = np.abs(ann - src).sum(2) > 30  # PNG is lossless: only drawn pixels differ
+    margin = 2  # line width 1 plus anti-aliasing
+    outline = np.zeros_like(changed)
+    outline[max(y1 - margin, 0):y2 + margin + 1, max(x1 - margin, 0):x2 + margin + 1] = True
+    outline[y1 + margin + 1:max(y2 - margin, 0), x1 + margin + 1:max(x2 - margin, 0)] = False
+    assert changed.sum() >= min(x2 - x1, y2 - y1)  # something was drawn
+    assert not (changed & ~outline).any()
+
+
+def test_labels_are_in_original_image_coordinates(workdir, tmp_path):
+    """b.png (40x64) letterboxes to 64x64 with 12 grey rows above and below. Running on a copy
+    padded by hand gives the same network input, so its boxes, clipped to the original rows and
+    shifted up by 12, must equal the boxes reported for b.png itself."""
+    src = cv2.imread(str(workdir / "src" / "b.png"))
+    padded_path = tmp_path / "padded.png"
+    cv2.imwrite(str(padded_path), cv2.copyMakeBorder(src, 12, 12, 0, 0, cv2.BORDER_CONSTANT,
+                                                     value=(114, 114, 114)))
+    args = ("--save-txt", "--save-conf", "--nosave", "--max-det", "20")
+    orig = _read_labels(_run(workdir, tmp_path / "o", *args, source=str(workdir / "src" / "b.png")).label_files[0])
+    pad = _read_labels(_run(workdir, tmp_path / "p", *args, source=str(padded_path)).label_files[0])
+    assert len(orig) > 1 and orig.shape == pad.shape
+
+    def to_pixels(rows, h, w, shift):
+        cx, cy, bw, bh = rows[:, 1] * w, rows[:, 2] * h, rows[:, 3] * w, rows[:, 4] * h
+        y1 = np.clip(cy - bh / 2, shift, shift + 40) - shift
+        y2 = np.clip(cy + bh / 2, shift, shift + 40) - shift
+        return np.stack([rows[:, 0], cx - bw / 2, y1, cx + bw / 2, y2, rows[:, 5]], 1)
+
+    a, b = to_pixels(orig, 40, 64, 0), to_pixels(pad, 64, 64, 12)
+    a, b = a[np.argsort(-a[:, 5], kind="stable")], b[np.argsort(-b[:, 5], kind="stable")]
+    np.testing.assert_allclose(a, b, atol=2e-3 * 64)
+
+
+def test_single_image_glob_and_txt_list(workdir, tmp_path):
+    single = _run(workdir, tmp_path / "one", source=str(workdir / "src" / "a.jpg"))
+    assert single.frames == 1 and (single.save_dir / "a.jpg").is_file()
+    globbed = _run(workdir, tmp_path / "glob", source=str(workdir / "src" / "*.png"))
+    assert globbed.frames == 1 and sorted(p.name for p in globbed.save_dir.iterdir()) == ["b.png"]
+    listing = workdir / "list.txt"
+    listing.write_text(f"src/b.png\n\n{workdir / 'src' / 'a.jpg'}\n")  # relative to the list + absolute
+    listed = _run(workdir, tmp_path / "txt", source=str(listing))
+    assert listed.frames == 2
+    assert sorted(p.name for p in listed.save_dir.iterdir()) == ["a.jpg", "b.png"]
+
+
+def test_nosave_classes_and_increment(workdir, tmp_path):
+    first = _run(workdir, tmp_path, "--nosave", "--save-txt", "--classes", "1",
+                 source=str(workdir / "src" / "b.png"))
+    assert first.save_dir.name == "exp" and not (first.save_dir / "b.png").exists()
+    rows = _read_labels(first.save_dir / "labels" / "b.txt")
+    assert rows.shape[1] in (0, 5) and set(rows[:, 0]) <= {1}
+    second = _run(workdir, tmp_path, "--nosave", source=str(workdir / "src" / "b.png"))
+    assert second.save_dir.name == "exp2"
+
+
+def test_max_det_and_conf_bound_the_detections(workdir, tmp_path):
+    res = _run(workdir, tmp_path, "--max-det", "2", "--conf", "0.5", "--save-txt", "--save-conf",
+               "--nosave", source=str(workdir / "src" / "b.png"))
+    rows = _read_labels(res.label_files[0])
+    assert 0 < len(rows) <= 2 and (rows[:, 5] > 0.5).all()
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
+def test_onnx_gives_the_same_boxes_as_pt(workdir, tmp_path, capsys):
+    import export
+    onnx_path = tmp_path / "tiny.onnx"
+    assert export.main(["--weights", str(workdir / "weights" / "tiny.pt"), "--img", IMG,
+                        "--output", str(onnx_path)]) == 0
+    args = ("--save-txt", "--save-conf", "--nosave", "--max-det", "20")
+    pt = _run(workdir, tmp_path / "pt", *args, source=str(workdir / "src" / "a.jpg"))
+    capsys.readouterr()
+    ox = _run(workdir, tmp_path / "onnx", *args, weights=onnx_path, source=str(workdir / "src" / "a.jpg"))
+    printed = capsys.readouterr().out
+    a, b = _read_labels(pt.label_files[0]), _read_labels(ox.label_files[0])
+    assert len(a) > 1 and a.shape == b.shape
+    order_a, order_b = np.lexsort(a.T[::-1]), np.lexsort(b.T[::-1])
+    np.testing.assert_allclose(a[order_a], b[order_b], atol=1e-4)
+    assert any(name in printed for name in NAMES)  # class names come from the ONNX metadata
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
+def test_onnx_static_size_overrides_img(workdir, tmp_path, capsys):
+    import export
+    onnx_path = tmp_path / "fixed.onnx"
+    export.main(["--weights", str(workdir / "weights" / "tiny.pt"), "--img", "64", "96",
+                 "--output", str(onnx_path)])
+    capsys.readouterr()
+    res = _run(workdir, tmp_path, "--nosave", weights=onnx_path, source=str(workdir / "src" / "b.png"))
+    out = capsys.readouterr().out
+    assert res.frames == 1 and "exported for 64x96" in out and ": 64x96 " in out
+
+
+# ------------------------------------------------------------------------------------ bad input
+def test_missing_weights_is_named(workdir, tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        _run(workdir, tmp_path, weights=missing)
+    with pytest.raises(CheckpointError, match="nope.onnx"):
+        _run(workdir, tmp_path, weights=tmp_path / "nope.onnx")
+
+
+def test_missing_or_empty_source_is_named(workdir, tmp_path):
+    with pytest.raises(SourceError, match="no_such_dir"):
+        _run(workdir, tmp_path, source=str(tmp_path / "no_such_dir"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="no images or videos"):
+        _run(workdir, tmp_path, source=str(empty))
+    with pytest.raises(SourceError, match="matches no"):
+        _run(workdir, tmp_path, source=str(tmp_path / "*.jpg"))
+
+
+def test_bad_flags_exit_with_usage():
+    with pytest.raises(SystemExit):
+        prune_detect.parse_args(["--img", "64", "64", "64"])
+    with pytest.raises(SystemExit):
+        prune_detect.parse_args(["--conf", "1.5"])
+
+
+# ------------------------------------------------------------------------------------ helpers
+def test_label_lines_round_trip():
+    det = np.array([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0]])
+    (line,) = prune_detect.label_lines(det, (80, 40), save_conf=True)
+    cls, cx, cy, w, h, conf = (float(v) for v in line.split())
+    assert cls == 2 and line.startswith("2 ")
+    assert (cx * 40, cy * 80, w * 40, h * 80) == pytest.approx((20, 40, 20, 40))
+    assert conf == pytest.approx(0.9)
+    assert len(prune_detect.label_lines(det, (80, 40), save_conf=False)[0].split()) == 5
+    assert prune_detect.label_lines(det[:0], (80, 40), True) == []
+
+
+def test_resolve_sources_and_frames(workdir, tmp_path):
+    files = resolve_sources(workdir / "src")
+    assert [f.name for f in files] == ["a.jpg", "b.png", "v.avi"]  # sorted, non-media skipped
+    frames = list(iter_frames(files))
+    assert len(frames) == 7
+    assert [f.index for f in frames if f.is_video] == [1, 2, 3, 4, 5]
+    assert frames[0].image.shape == (48, 64, 3) and frames[0].describe().startswith("image 1/3 ")
+    bad = tmp_path / "list.txt"
+    bad.write_text("missing.jpg\n")
+    with pytest.raises(SourceError, match=r"list.txt:1"):
+        resolve_sources(bad)
+    odd = tmp_path / "model.pt"
+    odd.write_bytes(b"x")
+    with pytest.raises(SourceError, match="unknown file type"):
+        resolve_sources(odd)
+
+
+def test_parse_img_size_rounds_up_to_stride():
+    assert parse_img_size([640], 32) == (640, 640)
+    assert parse_img_size([100, 60], 32) == (128, 64)
+    with pytest.raises(ValueError, match="--img"):
+        parse_img_size([0], 32)

@@ -1,0 +1,200 @@
+"""Run an exported ``.onnx`` detector through onnxruntime as if it were our model in eval mode.
+
+:class:`OnnxModel` is a ``torch.nn.Module`` whose ``forward(x)`` returns ``(y, [])`` with ``y``
+the (B, N, 5+nc) inference tensor, exactly what :class:`models.Darknet` returns in eval mode minus
+the raw maps (the exported graph has only the decoded output). Class names and strides come from
+the ONNX metadata written by ``export.py`` (keys ``names`` and ``stride``), so detection and
+evaluation label boxes without the original checkpoint. The module holds one empty parameter so
+code that asks ``next(model.parameters()).device`` keeps working.
+
+onnxruntime is an optional dependency; it is imported when a model is opened, never at import.
+"""
+from __future__ import annotations
+
+import ast
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["OnnxModel", "require_onnxruntime", "require_onnx", "parse_names", "parse_stride",
+           "is_onnx"]
+
+DEFAULT_STRIDE = (8.0, 16.0, 32.0)  # P3-P5; used only for files exported without our metadata
+
+
+def require_onnxruntime() -> Any:
+    """The onnxruntime module, or an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError("onnxruntime is not installed; it is needed to run or check .onnx models: "
+                          "pip install onnxruntime (listed in requirements-dev.txt)") from None
+    return onnxruntime
+
+
+def require_onnx() -> Any:
+    """The onnx module, or an ImportError that says how to install it."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("onnx is not installed; it is needed to export and inspect .onnx models: "
+                          "pip install onnx (listed in requirements-dev.txt)") from None
+    return onnx
+
+
+def is_onnx(path: str | Path) -> bool:
+    return Path(path).suffix.lower() == ".onnx"
+
+
+def parse_names(text: str, source: str = "names") -> list[str]:
+    """Class names from metadata text: "{0: 'a', 1: 'b'}" (as upstream writes) or "['a', 'b']"."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{source}: cannot parse class names {text[:80]!r}") from None
+    if isinstance(value, dict):
+        keys = sorted(int(k) for k in value)
+        if keys != list(range(len(keys))):
+            raise ValueError(f"{source}: class ids must be 0..n-1, got {keys[:10]}")
+        return [str(value[k]) for k in keys]
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    raise ValueError(f"{source}: class names must be a dict or a list, got {type(value).__name__}")
+
+
+def parse_stride(text: str, source: str = "stride") -> list[float]:
+    """Strides from metadata text: '[8, 16, 32]' (ours) or '32' (upstream's max stride only)."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ValueError(f"{source}: cannot parse strides {text[:80]!r}") from None
+    values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"{source}: strides must be positive numbers, got {text!r}")
+    return values
+
+
+def _providers(ort: Any, device: torch.device) -> list[str]:
+    """CUDA first when the model should run on a GPU and this onnxruntime build has it."""
+    available = ort.get_available_providers()
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" in available:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        warnings.warn("this onnxruntime build has no CUDA provider (install onnxruntime-gpu); "
+                      "running the ONNX model on the CPU", stacklevel=3)
+    return ["CPUExecutionProvider"]
+
+
+def _dim(value: Any) -> int | None:
+    """A static ONNX dimension as int; symbolic or unknown ones as None."""
+    return int(value) if isinstance(value, (int, np.integer)) and int(value) > 0 else None
+
+
+class OnnxModel(nn.Module):
+    """An ONNX detector with our eval-model interface (see the module docstring).
+
+    ``fixed_shape`` is the (h, w) the graph was exported for, or None for a ``--dynamic`` export;
+    ``fixed_batch`` likewise. Larger batches than a static batch are run in chunks of it.
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu",
+                 threads: int | None = None):
+        super().__init__()
+        ort = require_onnxruntime()
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: ONNX file not found")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(self.path), sess_options=options,
+                                           providers=_providers(ort, torch.device(device)))
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: onnxruntime cannot load the model: {e}") from None
+        self._attach(session)
+        self._device = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
+
+    def _attach(self, session: Any) -> None:
+        """Read the graph's interface and our metadata from an open session."""
+        self.session = session
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ValueError(f"{self.path}: expected one image input (B, 3, H, W), got "
+                             f"{[(i.name, i.shape) for i in inputs]}")
+        out_shape = outputs[0].shape
+        if len(out_shape) != 3:
+            raise ValueError(f"{self.path}: expected the detection output (B, N, 5+nc) first, "
+                             f"got {outputs[0].name} of shape {out_shape}")
+        self.input_name, self.output_name = inputs[0].name, outputs[0].name
+        shape = inputs[0].shape
+        h, w = _dim(shape[2]), _dim(shape[3])
+        self.fixed_shape: tuple[int, int] | None = (h, w) if h and w else None
+        self.fixed_batch: int | None = _dim(shape[0])
+        self.input_dtype = np.float16 if "float16" in inputs[0].type else np.float32
+        meta = session.get_modelmeta().custom_metadata_map
+        out_nc = _dim(out_shape[2])
+        if "names" in meta:
+            self.names = parse_names(meta["names"], f"{self.path} metadata 'names'")
+        else:
+            nc = (out_nc - 5) if out_nc else 0
+            warnings.warn(f"{self.path}: no class names in the ONNX metadata; using class ids",
+                          stacklevel=3)
+            self.names = [str(i) for i in range(nc)]
+        if out_nc and out_nc - 5 != len(self.names):
+            raise ValueError(f"{self.path}: metadata lists {len(self.names)} class names but the "
+                             f"output has {out_nc - 5} class scores")
+        stride = parse_stride(meta["stride"], f"{self.path} metadata 'stride'") if "stride" in meta \
+            else list(DEFAULT_STRIDE)
+        self.stride = torch.tensor(stride)
+        self.metadata = dict(meta)
+
+    # ------------------------------------------------------------------ model-like interface
+    @property
+    def nc(self) -> int:
+        return len(self.names)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.fixed_shape is None
+
+    def fuse(self) -> "OnnxModel":
+        """Already folded at export; present so callers can treat every model alike."""
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "OnnxModel":
+        """Copies share the (read-only) session; sessions cannot be pickled or copied."""
+        clone = OnnxModel.__new__(OnnxModel)
+        nn.Module.__init__(clone)
+        clone.path = self.path
+        clone._attach(self.session)
+        clone._device = nn.Parameter(self._device.detach().clone(), requires_grad=False)
+        clone.train(self.training)
+        return clone
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run([self.output_name], {self.input_name: x})[0]
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """(B, 3, H, W) in [0, 1] -> ((B, N, 5+nc) in ``x``'s dtype and device, [])."""
+        if self.fixed_shape is not None and tuple(x.shape[2:]) != self.fixed_shape:
+            raise ValueError(f"{self.path} was exported for {self.fixed_shape[0]}x"
+                             f"{self.fixed_shape[1]} inputs, got {x.shape[2]}x{x.shape[3]}; "
+                             f"export with --dynamic or use --img {self.fixed_shape[0]} "
+                             f"{self.fixed_shape[1]}")
+        arr = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
+        b, step = arr.shape[0], self.fixed_batch or arr.shape[0]
+        if b % step:
+            raise ValueError(f"{self.path} was exported for batch {step}; got a batch of {b}")
+        y = np.concatenate([self._run(arr[i:i + step]) for i in range(0, b, step)], 0)
+        return torch.from_numpy(y).to(device=x.device, dtype=x.dtype), []
+
+    def extra_repr(self) -> str:
+        shape = "dynamic" if self.fixed_shape is None else f"{self.fixed_shape[0]}x{self.fixed_shape[1]}"
+        return f"path={self.path}, input={shape}, nc={self.nc}, providers={self.session.get_providers()}"

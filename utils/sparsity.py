@@ -177,6 +177,7 @@ class SparsityLogger:
             for i, gi in zip(self.layers, g):
                 self.tb.add_histogram("after_train_perlayer_bn_weights/hist", gi.numpy(), i, bins="doane")
             self.tb.close()
+        from utils.plots import plot_gamma_boxes, plot_gamma_histograms
         plot_gamma_histograms(self.snapshots, self.save_dir / "gamma_hist.png")
         plot_gamma_boxes(self.first or g, g, self.layers, self.save_dir / "gamma_layers.png")
 
@@ -184,48 +185,3 @@ class SparsityLogger:
 def _stats_line(stats: dict) -> str:
     return (f"sparsity: mean|gamma| {stats['gamma_mean']:.4g}  <0.01 {stats['gamma_lt_0.01']:.1%}  "
             f"<0.001 {stats['gamma_lt_0.001']:.1%}  safe prune ratio {stats['safe_ratio']:.3f}")
-
-
-def plot_gamma_histograms(snapshots: list[tuple[int, np.ndarray]], path: Path) -> None:
-    """|gamma| histograms per epoch drawn as stacked, offset curves (first at the bottom)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    if not snapshots:
-        return
-    hi = max(float(np.quantile(v, 0.995)) for _, v in snapshots) or 1.0
-    bins = np.linspace(0, hi, 80)
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(snapshots)))
-    cmap = plt.get_cmap("viridis")
-    peak = max(np.histogram(v, bins)[0].max() for _, v in snapshots) or 1
-    for k, (epoch, v) in enumerate(snapshots):
-        h, _ = np.histogram(v, bins)
-        y = h / peak * 1.5 + k
-        c = cmap(k / max(len(snapshots) - 1, 1))
-        ax.fill_between(bins[:-1], k, y, color=c, alpha=0.6)
-        ax.plot(bins[:-1], y, color=c, lw=0.8)
-        ax.text(hi * 1.01, k + 0.1, "start" if epoch < 0 else f"ep {epoch + 1}", fontsize=7)
-    ax.set_xlabel("|gamma|")
-    ax.set_yticks([])
-    ax.set_title("BatchNorm |gamma| of the regularised layers, per epoch (bottom: before training)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_gamma_boxes(before: list[torch.Tensor], after: list[torch.Tensor], layers: list[int],
-                     path: Path) -> None:
-    """Per-layer |gamma| box plots before and after training."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.18 * len(layers)), 6), sharex=True)
-    for ax, data, title in zip(axes, (before, after), ("before", "after")):
-        ax.boxplot([d.numpy() for d in data], showfliers=False, widths=0.6)
-        ax.set_ylabel("|gamma|")
-        ax.set_title(f"per-layer |gamma| {title} training")
-    axes[1].set_xticks(range(1, len(layers) + 1), [str(i) for i in layers], rotation=90, fontsize=6)
-    axes[1].set_xlabel("cfg layer")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -1,0 +1,92 @@
+"""Evaluate a detector: P, R, mAP@.5 and mAP@.5:.95 (YOLOv5 v6.2 definitions).
+
+    python val.py --weights runs/train/exp/weights/best.pt --data data/coco_hand.yaml --img 640
+
+Takes our checkpoints and upstream YOLOv5 v6 .pt files. Writes <project>/<name>/metrics.json
+(keys P, R, mAP50, mAP50-95, per_class, speed), PR_curve.png, F1_curve.png and
+confusion_matrix.png; --save-json adds predictions.json (COCO results), scored with pycocotools
+when --coco-ann names the COCO annotation file.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--weights", type=str, required=True, help="checkpoint (ours or upstream YOLOv5 .pt)")
+    p.add_argument("--cfg", type=str, default=None,
+                   help="model .cfg/.yaml; only for bare state dicts or to check the checkpoint's network")
+    p.add_argument("--data", type=str, default=None, help="dataset .yaml or .data (default: built-in)")
+    p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=640,
+                   help="inference size (pixels, long side)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=16)
+    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
+    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--task", choices=["val", "test", "train"], default="val", help="which split")
+    p.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
+    p.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
+    p.add_argument("--project", default=str(ROOT / "runs" / "val"), help="save to project/name")
+    p.add_argument("--name", default="exp", help="save to project/name")
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
+    p.add_argument("--half", action="store_true", help="FP16 inference (CUDA only)")
+    p.add_argument("--save-json", action="store_true", help="write COCO-style predictions.json")
+    p.add_argument("--coco-ann", type=str, default=None,
+                   help="COCO annotation json: score predictions.json with pycocotools (implies --save-json)")
+    p.add_argument("--verbose", action="store_true", help="per-class table for any number of classes")
+    p.add_argument("--single-cls", action="store_true", help="treat every class as one")
+    p.add_argument("--no-plots", action="store_true", help="skip the PR curve and confusion matrix")
+    return p.parse_args(argv)
+
+
+def run(opt: argparse.Namespace):
+    """Evaluate as ``opt`` says; returns (EvalResult, run folder)."""
+    from models import load_model
+    from utils.datasets import load_data_config
+    from utils.evaluate import evaluate_dataset
+    from utils.general import increment_path
+    from utils.torch_utils import select_device
+
+    if opt.coco_ann and not Path(opt.coco_ann).is_file():
+        raise FileNotFoundError(f"--coco-ann {opt.coco_ann}: file not found")
+    device = select_device(opt.device)
+    if opt.half and device.type != "cuda":
+        print("WARNING: --half needs CUDA; evaluating in fp32")
+    model = load_model(opt.weights, device, cfg=opt.cfg)
+    data = load_data_config(opt.data)
+    save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
+    t0 = time.perf_counter()
+    result = evaluate_dataset(model, data, img_size=opt.img, batch_size=opt.batch_size,
+                              workers=opt.workers, task=opt.task, conf_thres=opt.conf_thres,
+                              iou_thres=opt.iou_thres, max_det=opt.max_det, half=opt.half,
+                              save_dir=save_dir, plots=not opt.no_plots,
+                              save_json=opt.save_json or bool(opt.coco_ann), coco_ann=opt.coco_ann,
+                              verbose=opt.verbose or 1 < data.nc < 50, single_cls=opt.single_cls)
+    seconds = time.perf_counter() - t0
+    print(f"{result.images} images in {seconds:.1f} s ({result.images / max(seconds, 1e-9):.1f} images/s, "
+          f"loading and plots included)")
+    print(f"Results saved to {save_dir}")
+    return result, save_dir
+
+
+def main(argv=None) -> int:
+    opt = parse_args(argv)
+    from utils.general import set_cpu_threads
+    set_cpu_threads(opt.workers)
+    try:
+        run(opt)
+    except (ValueError, FileNotFoundError) as e:  # bad flags, files or data: say which, no traceback
+        print(f"val.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

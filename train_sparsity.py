@@ -48,13 +48,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def configure(trainer: Trainer) -> None:
     """Attach the penalty hook and the gamma statistics to the engine."""
-    from utils.prune.graph import prunable_layers
+    from utils.prune.graph import sparsity_layers
     from utils.sparsity import SparsityHook, SparsityLogger
 
     opt = trainer.opt
     model = trainer.model
-    layers = prunable_layers(model.cfg, 1 if opt.prune == 0 else 3,
-                             include_upsample=opt.include_upsample, include_sppf=opt.include_sppf)
+    layers = sparsity_layers(model.cfg, opt.prune, include_upsample=opt.include_upsample,
+                             include_sppf=opt.include_sppf)
     if not layers:
         raise ValueError(f"--prune {opt.prune}: the model has no prunable BatchNorm layers "
                          f"(-sr needs convs with batch_normalize=1)")

@@ -1,0 +1,22 @@
+"""Channel pruning, strategy 3 with every kept channel count a multiple of 8 (or the full width),
+groups included; for ``--prune 1`` models.
+
+    python slim_prune_yolov5s_8x.py --cfg cfg/yolov5s_v6_hand.cfg --data data/oxfordhand.data \
+        --weights weights/last_v6s.pt --global_percent 0.5 --layer_keep 0.01 --img_size 640
+
+Writes the pruned cfg and checkpoint (seed names: ``prune_<p>_...``), a JSON report and a channel
+chart; ``--help`` lists every flag. The pipeline lives in ``utils/prune``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from utils.prune.cli import run
+
+    return run("8x", argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

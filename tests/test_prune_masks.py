@@ -1,0 +1,136 @@
+"""Mask functions: thresholds, floors, rounding, groups (no model involved)."""
+import math
+
+import pytest
+import torch
+
+from utils.prune.masks import (channel_mask, compute_masks, global_threshold, group_mask, min_keep,
+                               ranked_gammas, round_up, safe_ratio, threshold_mask, top_up, union,
+                               validate_ratio)
+from utils.prune.strategy import get_strategy
+
+
+def _gammas(widths, seed=0, fraction=0.6):
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for i, c in enumerate(widths):
+        v = torch.rand(c, generator=g) + 0.5
+        v[torch.randperm(c, generator=g)[: int(fraction * c)]] *= 0.01
+        out[i] = v * torch.where(torch.rand(c, generator=g) < 0.5, -1.0, 1.0)  # signs must not matter
+    return out
+
+
+@pytest.mark.parametrize("inclusive", [True, False])
+def test_ratio_zero_keeps_everything_and_k_smallest_go(inclusive):
+    values = torch.tensor([0.3, 0.1, 0.5, 0.2, 0.4, 0.05])
+    ranked = ranked_gammas([values])
+    thr = global_threshold(ranked, 0.0, inclusive)
+    assert bool(threshold_mask(values, thr, inclusive).all())
+    thr = global_threshold(ranked, 0.5, inclusive)  # k = 3: 0.05, 0.1, 0.2 go
+    assert threshold_mask(values, thr, inclusive).tolist() == [True, False, True, False, True, False]
+
+
+def test_threshold_boundary_at_ties_is_documented_rule():
+    values = torch.tensor([0.1, 0.2, 0.2, 0.2, 0.9])
+    ranked = ranked_gammas([values])
+    # k = floor(5 * 0.4) = 2; v[1] = v[2] = 0.2 tie: '>=' keeps the ties, '>' removes them
+    assert threshold_mask(values, global_threshold(ranked, 0.4, True), True).sum() == 4
+    assert threshold_mask(values, global_threshold(ranked, 0.4, False), False).sum() == 1
+
+
+@pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan")])
+def test_bad_ratio_is_rejected_naming_the_flag(bad):
+    with pytest.raises(ValueError, match="--global_percent"):
+        validate_ratio(bad, "--global_percent")
+
+
+def test_floor_rounding_and_top_up():
+    assert min_keep(64, 0.01) == 1 and min_keep(200, 0.01) == 2 and min_keep(3, 0.0) == 1
+    assert [round_up(c, 24, 8) for c in (0, 1, 8, 9, 17, 23, 24)] == [0, 8, 8, 16, 24, 24, 24]
+    assert round_up(5, 20, 1) == 5 and round_up(19, 20, 8) == 20
+    score = torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7])
+    mask = torch.tensor([False, True, False, False, False])  # a low-score channel already kept stays
+    out = top_up(score, mask, 3)
+    assert out.tolist() == [True, True, True, False, False]
+    assert torch.equal(top_up(score, out, 2), out)  # never removes
+
+
+def test_channel_mask_floor_and_multiple_of_8():
+    g = torch.linspace(0.01, 1.0, 40)
+    m = channel_mask(g, 2.0, True, floor=3)  # threshold above everything: the floor keeps the top 3
+    assert m.sum() == 3 and m[-3:].all()
+    m = channel_mask(g, 0.5, False, floor=1, round_to=8)
+    kept = int((g > 0.5).sum())
+    assert m.sum() == math.ceil(kept / 8) * 8 and m[g > 0.5].all()
+    top = g.topk(int(m.sum())).indices
+    assert m[top].all()  # rounding adds the largest gammas not yet kept
+
+
+def test_group_mask_rounds_the_union_itself():
+    # union of members that disagree; 8x rounding must add channels outside the union (SEED 5.6 bug)
+    a = torch.zeros(32, dtype=torch.bool); a[:7] = True
+    b = torch.zeros(32, dtype=torch.bool); b[20:33] = True
+    u = union([a, b])
+    gammas = [torch.rand(32), torch.rand(32)]
+    m = group_mask(gammas, u, floor=1, round_to=8)
+    assert m.sum() % 8 == 0 and m.sum() >= u.sum() and m[u].all()
+
+
+def test_safe_ratio_is_largest_ratio_without_empty_layers():
+    gammas = _gammas([16, 32, 64])
+    layers = [0, 1, 2]
+    safe = safe_ratio(gammas, layers)
+    ranked = ranked_gammas([gammas[i] for i in layers])
+    for inclusive in (True, False):
+        for ratio, ok in ((safe, True), (min(safe + 2 / ranked.numel(), 0.999), False)):
+            thr = global_threshold(ranked, ratio, inclusive)
+            emptied = any(threshold_mask(gammas[i], thr, inclusive).sum() == 0 for i in layers)
+            assert emptied is not ok, (inclusive, ratio)
+
+
+WIDTHS = [16, 32, 32, 32, 64, 24, 48]
+GROUPS = [(1, 2, 3)]
+
+
+@pytest.mark.parametrize("strategy", ["1", "2", "3", "8x"])
+@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7, 0.99])
+def test_compute_masks_invariants(strategy, ratio):
+    s = get_strategy(strategy)
+    gammas = _gammas(WIDTHS, seed=3)
+    prunable = [0, 4, 5, 6] if strategy == "1" else list(range(len(WIDTHS)))
+    keep = 0.1
+    masks = compute_masks(gammas, prunable, GROUPS, s, ratio, layer_keep=keep)
+    assert set(masks) == set(prunable)
+    for i, m in masks.items():
+        assert m.dtype == torch.bool and m.numel() == WIDTHS[i]
+        assert m.sum() >= min_keep(WIDTHS[i], keep)
+        if strategy == "8x":
+            assert m.sum() % 8 == 0 or m.sum() == WIDTHS[i]
+        if ratio == 0.0:
+            assert m.all()
+    if strategy != "1":
+        assert all(torch.equal(masks[1], masks[m]) for m in GROUPS[0])
+    if strategy == "2":  # members copy the leader's threshold mask
+        ranked = ranked_gammas([gammas[i] for i in prunable if i not in (2, 3)])
+        lead = threshold_mask(gammas[1], global_threshold(ranked, ratio, True), True)
+        assert masks[1][lead].all()
+    if strategy in ("3", "8x"):  # the union keeps every member's own surviving channels
+        ranked = ranked_gammas([gammas[i] for i in prunable])
+        thr = global_threshold(ranked, ratio, False)
+        for m in GROUPS[0]:
+            assert masks[m][threshold_mask(gammas[m], thr, False)].all()
+
+
+def test_strategy_2_floor_is_per_group():
+    # the leader is entirely below the threshold, members are not: all share one floored mask
+    gammas = {0: torch.full((8,), 1e-4), 1: torch.linspace(0.5, 1, 8), 2: torch.linspace(0.1, 1, 8)}
+    gammas[0][3] = 2e-4
+    masks = compute_masks(gammas, [0, 1, 2], [(0, 1)], "2", 0.5)
+    assert torch.equal(masks[0], masks[1]) and masks[0].sum() == 1
+    assert masks[0][7]  # chosen by the group score (max over members), not the leader's own argmax
+
+
+def test_unknown_strategy():
+    with pytest.raises(ValueError, match="8x"):
+        get_strategy("4")
+    assert get_strategy(1).name == "1" and get_strategy("slim8x").round_to == 8

@@ -1,0 +1,178 @@
+"""Channel masks: pure functions of BN gamma tensors.
+
+Nothing here touches a model. A mask is a bool tensor of a conv's output channels (True = keep);
+masks live on the gammas' device.
+
+Threshold boundary (a documented choice). For a ratio ``p`` over ``N`` ranked gammas, ``k = floor(N*p)``
+channels are meant to go: the ``k`` smallest ``|gamma|``. Strategies 1 and 2 keep ``|gamma| >= v[k]``
+(the seed's rule; a value tied with the k-th smallest survives), strategies 3 and 8x keep
+``|gamma| > v[k-1]`` (the seed's strict rule; ties with the last removed value go too). Both remove
+exactly the ``k`` smallest when there are no ties, and **ratio 0 removes nothing** under both rules
+(the seed's strict rule with ``v[k]`` would remove the smallest channel even at ratio 0).
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+
+from .strategy import Strategy, get_strategy
+
+__all__ = [
+    "validate_ratio", "ranked_gammas", "global_threshold", "threshold_mask", "min_keep", "round_up",
+    "top_up", "channel_mask", "group_score", "union", "group_mask", "safe_ratio", "ranking_layers",
+    "compute_masks",
+]
+
+
+def validate_ratio(ratio: float, flag: str = "ratio") -> float:
+    """``ratio`` as a float in [0, 1); anything else is an error naming ``flag``."""
+    ratio = float(ratio)
+    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
+        raise ValueError(f"{flag} must be in [0, 1): the fraction of channels to remove "
+                         f"(1.0 would remove every channel), got {ratio}")
+    return ratio
+
+
+def ranked_gammas(gammas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """All ``|gamma|`` of the given layers, ascending (1-D)."""
+    if not gammas:
+        raise ValueError("no prunable layers: nothing to rank")
+    return torch.cat([g.detach().abs().flatten() for g in gammas]).sort().values
+
+
+def global_threshold(ranked: torch.Tensor, ratio: float, inclusive: bool) -> float:
+    """Threshold removing the ``floor(N*ratio)`` smallest values of ``ranked`` (see module docstring).
+
+    ``inclusive``: the threshold is compared with ``>=`` (keep), else with ``>``.
+    """
+    ratio = validate_ratio(ratio)
+    n = ranked.numel()
+    k = min(int(math.floor(n * ratio)), n - 1)
+    if inclusive:
+        return float(ranked[k])
+    return float(ranked[k - 1]) if k > 0 else -1.0  # |gamma| > -1 keeps everything
+
+
+def threshold_mask(gamma: torch.Tensor, threshold: float, inclusive: bool) -> torch.Tensor:
+    """Channels of one layer that survive ``threshold``."""
+    a = gamma.detach().abs()
+    return a >= threshold if inclusive else a > threshold
+
+
+def min_keep(width: int, layer_keep: float) -> int:
+    """Per-layer floor ``max(floor(width * layer_keep), 1)``: no layer is ever emptied."""
+    if not 0.0 <= layer_keep <= 1.0:
+        raise ValueError(f"--layer_keep must be in [0, 1], got {layer_keep}")
+    return max(int(math.floor(width * layer_keep)), 1)
+
+
+def round_up(count: int, width: int, multiple: int) -> int:
+    """``count`` rounded up to a multiple of ``multiple``, capped at ``width``."""
+    if multiple <= 1:
+        return min(count, width)
+    return min(-(-count // multiple) * multiple, width)
+
+
+def top_up(score: torch.Tensor, mask: torch.Tensor, count: int) -> torch.Tensor:
+    """``mask`` plus the highest-``score`` channels not yet in it, until ``count`` are kept.
+
+    Already kept channels stay kept (they are ranked above every other one).
+    """
+    count = min(count, mask.numel())
+    if int(mask.sum()) >= count:
+        return mask
+    ranked = torch.where(mask, torch.full_like(score, math.inf), score.float())
+    out = torch.zeros_like(mask)
+    out[ranked.topk(count).indices] = True
+    return out
+
+
+def channel_mask(gamma: torch.Tensor, threshold: float, inclusive: bool, floor: int = 1,
+                 round_to: int = 1) -> torch.Tensor:
+    """One layer's mask: the threshold, then at least ``floor`` channels, then a multiple of
+    ``round_to`` (or the full width), adding the largest ``|gamma|`` not yet kept."""
+    score = gamma.detach().abs()
+    mask = threshold_mask(gamma, threshold, inclusive)
+    mask = top_up(score, mask, floor)
+    return top_up(score, mask, round_up(int(mask.sum()), mask.numel(), round_to))
+
+
+def group_score(gammas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Importance of each channel of a shortcut group: the largest ``|gamma|`` over its members.
+
+    A group channel matters as soon as one member uses it, the same reasoning as the union rule.
+    """
+    return torch.stack([g.detach().abs() for g in gammas]).amax(0)
+
+
+def union(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Element-wise OR of equally sized masks."""
+    out = masks[0].clone()
+    for m in masks[1:]:
+        out |= m
+    return out
+
+
+def group_mask(gammas: Sequence[torch.Tensor], base: torch.Tensor, floor: int = 1,
+               round_to: int = 1) -> torch.Tensor:
+    """The one mask of a shortcut group: ``base`` (leader mask or union), at least ``floor``
+    channels, then a multiple of ``round_to`` (or the full width), adding channels by
+    :func:`group_score` among those not yet kept."""
+    score = group_score(gammas)
+    mask = top_up(score, base, floor)
+    return top_up(score, mask, round_up(int(mask.sum()), mask.numel(), round_to))
+
+
+def ranking_layers(prunable: Sequence[int], groups: Sequence[Sequence[int]], strategy: Strategy) -> list[int]:
+    """Layers whose gammas form the global ranking: strategy 2 ranks only a group's leader
+    (the members copy its mask); the others rank every prunable layer."""
+    if strategy.group_rule != "leader":
+        return list(prunable)
+    followers = {m for g in groups for m in g[1:]}
+    return [i for i in prunable if i not in followers]
+
+
+def safe_ratio(gammas: Mapping[int, torch.Tensor], layers: Sequence[int]) -> float:
+    """Largest ratio at which no layer of ``layers`` loses all its channels to the threshold.
+
+    Any threshold above ``min over layers of max |gamma|`` empties a layer; the safe ratio is the
+    share of ranked values below that level (the first index whose value reaches it).
+    """
+    ranked = ranked_gammas([gammas[i] for i in layers])
+    level = min(float(gammas[i].detach().abs().max()) for i in layers)
+    return int((ranked < level).sum()) / ranked.numel()
+
+
+def compute_masks(gammas: Mapping[int, torch.Tensor], prunable: Sequence[int],
+                  groups: Sequence[Sequence[int]], strategy: "int | str | Strategy", ratio: float,
+                  layer_keep: float = 0.0, round_to: int | None = None) -> dict[int, torch.Tensor]:
+    """Masks for every layer in ``prunable``.
+
+    ``gammas``: layer -> BN weight; ``groups``: shortcut groups fully inside ``prunable`` (each
+    sorted, leader first); ``round_to`` defaults to the strategy's (8 for '8x', else 1).
+    """
+    strategy = get_strategy(strategy)
+    round_to = strategy.round_to if round_to is None else int(round_to)
+    groups = [tuple(g) for g in groups if strategy.prunes_groups]
+    in_group = {m for g in groups for m in g}
+    ranked = ranked_gammas([gammas[i] for i in ranking_layers(prunable, groups, strategy)])
+    threshold = global_threshold(ranked, ratio, strategy.inclusive)
+
+    masks: dict[int, torch.Tensor] = {}
+    for i in prunable:
+        if i not in in_group:
+            floor = min_keep(gammas[i].numel(), layer_keep)
+            masks[i] = channel_mask(gammas[i], threshold, strategy.inclusive, floor, round_to)
+    for g in groups:
+        members = [gammas[m] for m in g]
+        if strategy.group_rule == "leader":
+            base = threshold_mask(members[0], threshold, strategy.inclusive)
+        else:  # union of the members' own (floored) masks
+            floor = min_keep(members[0].numel(), layer_keep)
+            base = union([channel_mask(gm, threshold, strategy.inclusive, floor) for gm in members])
+        shared = group_mask(members, base, min_keep(members[0].numel(), layer_keep), round_to)
+        for m in g:
+            masks[m] = shared
+    return masks

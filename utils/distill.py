@@ -134,13 +134,14 @@ class Distiller:
             bs = imgs.shape[0]
             kl = sum(_softmax_kl(t.float(), s.float(), self.T) for s, t in zip(student_maps, teacher_maps))
             loss = self.kd1_weight * kl * self.T ** 2 / bs
-            return loss, {"soft": float(loss)}
+            return loss, {"soft": float(loss.detach())}
         soft = soft_target_loss(student_maps, teacher_maps, self.T, self.compat)
         _, tbox, indices, anchors = build_targets(student_maps, targets.to(imgs.device))
         box, behind, count = bounded_box_loss(student_maps, teacher_maps, tbox, indices, anchors,
                                               self.margin, self.compat)
         loss = self.soft_weight * soft + self.box_weight * box
-        return loss, {"soft": float(self.soft_weight * soft), "dbox": float(self.box_weight * box),
+        return loss, {"soft": float(self.soft_weight * soft.detach()),
+                      "dbox": float(self.box_weight * box.detach()),
                       "rratio": behind / max(count, 1)}
 
     def __call__(self, trainer, imgs, targets, preds):

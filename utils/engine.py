@@ -23,6 +23,7 @@ import argparse
 import csv
 import math
 import os
+import sys
 import time
 from copy import deepcopy
 from pathlib import Path
@@ -311,7 +312,10 @@ class Trainer:
             p.requires_grad_(not any(k.startswith(f) for f in freeze))
 
         batch = opt.batch_size // self.world_size
-        train_files = self.data.train[:opt.max_train_images] if opt.max_train_images else self.data.train
+        train_files = self.data.train
+        if opt.max_train_images:
+            from utils.datasets import list_image_files
+            train_files = list_image_files(train_files)[:opt.max_train_images]
         loader, dataset = create_dataloader(
             train_files, imgsz, batch, gs, hyp=hyp, augment=True, rect=opt.rect,
             workers=opt.workers, shuffle=not opt.rect, seed=opt.seed, rank=self.rank,
@@ -397,7 +401,9 @@ class Trainer:
             pbar = enumerate(loader)
             if self.main:
                 from tqdm import tqdm
-                pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}", mininterval=1.0)
+                pbar = tqdm(pbar, total=nb, bar_format="{l_bar}{bar:10}{r_bar}", mininterval=1.0,
+                            disable=not sys.stdout.isatty())
+            t_epoch = time.time()
             for i, (imgs, targets, _paths, _) in pbar:
                 ni = i + nb * epoch
                 imgs = imgs.to(device, non_blocking=True).float() / 255
@@ -433,6 +439,10 @@ class Trainer:
                     pbar.set_description(
                         f"{epoch + 1}/{opt.epochs} {mem} box {mloss[0]:.4g} obj {mloss[1]:.4g} "
                         f"cls {mloss[2]:.4g}{extras} inst {targets.shape[0]} {imgsz}")
+            if self.main and not sys.stdout.isatty():  # logs: one line per epoch instead of a bar
+                extras = "".join(f" {k} {v:.4g}" for k, v in extra_sums.items())
+                print(f"{epoch + 1}/{opt.epochs} box {mloss[0]:.4g} obj {mloss[1]:.4g} cls {mloss[2]:.4g}"
+                      f"{extras} ({nb} batches, {time.time() - t_epoch:.1f}s)", flush=True)
             lrs = [g["lr"] for g in optimizer.param_groups]
             scheduler.step()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -307,7 +308,7 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, *, conf_thres: float 
     layout = torch.channels_last if channels_last else torch.contiguous_format
     was_training, timer, loss_sum, n_batches, shape = net.training, _Timer(device), None, 0, None
     batches = dataloader
-    if progress:
+    if progress and sys.stdout.isatty():  # no bar in logs
         from tqdm import tqdm
         batches = tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}")
     try:

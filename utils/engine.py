@@ -41,10 +41,9 @@ from models.checkpoint import _initialize, atomic_save, check_cfg_matches
 from utils.general import LOGGER, increment_path, init_seeds, set_cpu_threads, setup_logging
 from utils.torch_utils import ModelEMA, de_parallel, select_device
 
-__all__ = ["add_train_args", "Trainer", "run_training", "DEFAULT_HYP", "DEFAULT_CFG", "ddp_env"]
+__all__ = ["add_train_args", "Trainer", "run_training", "DEFAULT_CFG", "ddp_env"]
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_HYP = ROOT / "data" / "hyps" / "hyp.scratch-low.yaml"
 DEFAULT_CFG = ROOT / "models" / "yolov5s.yaml"
 
 
@@ -57,7 +56,8 @@ def add_train_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="initial weights: our checkpoint, an upstream .pt, or '' to start from scratch")
     p.add_argument("--cfg", type=str, default="", help="model description (.yaml or .cfg)")
     p.add_argument("--data", type=str, default=None, help="dataset .yaml or .data (default: built-in)")
-    p.add_argument("--hyp", type=str, default=str(DEFAULT_HYP), help="hyperparameter yaml")
+    p.add_argument("--hyp", type=str, default=None,
+                   help="hyperparameter yaml (default: data/hyps/hyp.scratch-low.yaml)")
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=16,
                    help="total batch size over all processes")
@@ -101,18 +101,6 @@ def ddp_env() -> tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------
 # pieces
 # ---------------------------------------------------------------------------------------------
-def load_hyp(hyp: str | dict) -> dict:
-    if isinstance(hyp, dict):
-        return dict(hyp)
-    path = Path(hyp)
-    if not path.is_file():
-        raise FileNotFoundError(f"--hyp {path}: hyperparameter file not found")
-    d = yaml.safe_load(path.read_text())
-    if not isinstance(d, dict) or "lr0" not in d:
-        raise ValueError(f"--hyp {path}: not a hyperparameter yaml (needs lr0, momentum, ...)")
-    return d
-
-
 def transfer_weights(src: nn.Module, dst: nn.Module) -> tuple[int, int]:
     """Copy every state entry whose key and shape match; returns (copied, total)."""
     sd, dd = src.state_dict(), dst.state_dict()
@@ -208,7 +196,7 @@ class Trainer:
             set_cpu_threads(opt.workers if self.world_size == 1 else max(cpus // self.world_size - 1, 0))
         init_seeds(opt.seed + 1 + max(self.rank, 0), deterministic=opt.deterministic)
 
-        from utils.datasets import load_data_config
+        from utils.datasets import load_data_config, load_hyp
         self.data = load_data_config(opt.data)
         self.hyp = load_hyp(opt.hyp)
         if not opt.resume:
@@ -407,6 +395,8 @@ class Trainer:
             for i, (imgs, targets, _paths, _) in pbar:
                 ni = i + nb * epoch
                 imgs = imgs.to(device, non_blocking=True).float() / 255
+                if device.type == "cpu":  # oneDNN: NHWC conv forward+backward ~1.3x faster; the layout propagates
+                    imgs = imgs.contiguous(memory_format=torch.channels_last)
                 if ni <= nw:  # warm-up
                     xi = [0, nw]
                     accumulate = max(1, round(np.interp(ni, xi, [1, nbs / opt.batch_size])))

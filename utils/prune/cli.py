@@ -61,6 +61,15 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     p.add_argument("--include-upsample", action="store_true",
                    help="also prune the convs that feed an upsample (exact thanks to absorption)")
     p.add_argument("--include-sppf", action="store_true", help="also prune the SPPF input conv")
+    p.add_argument("--round-to", type=int, default=None, metavar="N",
+                   help=f"round every kept channel count up to a multiple of N (or the full width) "
+                   f"by adding the largest remaining gammas (default {s.round_to}); CPU and GPU "
+                   f"kernels run channel blocks of 8 or 16, a partly filled block costs a full one")
+    p.add_argument("--cost-aware", action="store_true",
+                   help="rank |gamma| divided by each layer's measured time per FLOP (relative to the "
+                   "model's average, profiled at --img_size on --device over --latency-runs "
+                   "forward passes) instead of |gamma|: at equal gamma, channels of slow layers go "
+                   "first, so latency follows FLOPs")
     p.add_argument("--device", default="", help="cuda device (0, 0,1) or cpu")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, default=16,
                    help="evaluation batch size")
@@ -93,6 +102,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, s: Strateg
         p.error(f"--layer_keep must be in [0, 1], got {args.layer_keep}")
     if args.img_size <= 0:
         p.error(f"--img_size must be positive, got {args.img_size}")
+    if args.round_to is not None and args.round_to < 1:
+        p.error(f"--round-to must be a positive channel multiple, got {args.round_to}")
     if args.latency_runs < 1:
         p.error("--latency-runs must be at least 1")
 
@@ -169,9 +180,24 @@ def _load(args: argparse.Namespace, device: torch.device):
     return ckpt, model.float().eval().to(device)
 
 
-def _choose_ratio(args, s: Strategy, graph, state) -> tuple[float, dict | None]:
+def _cost_weights(model: torch.nn.Module, graph, img_size: int, runs: int) -> dict[int, float]:
+    """Ranking weights of ``--cost-aware``: each conv's time per FLOP relative to the model's,
+    profiled on a BN-fused copy at ``img_size`` on the model's device (fastest of ``runs`` per layer)."""
+    from .cost import latency_weights, profile_layers
+
+    anchors = [m.anchors for m in model.yolo_layers]
+    fused = model_from_state(model.to_cfg(), model.state_dict(), anchors=anchors).fuse()
+    weights = latency_weights(graph, profile_layers(fused, img_size, runs=runs), img_size)
+    slow = max(weights, key=weights.get)
+    print(f"--cost-aware: time per FLOP of a channel relative to the model's average, profiled at "
+          f"{img_size} px: {min(weights.values()):.2f} to {weights[slow]:.2f} (layer {slow})")
+    return weights
+
+
+def _choose_ratio(args, s: Strategy, graph, state,
+                  weights: dict[int, float] | None = None) -> tuple[float, dict | None]:
     kw = dict(layer_keep=getattr(args, "layer_keep", 0.0), include_upsample=args.include_upsample,
-              include_sppf=args.include_sppf)
+              include_sppf=args.include_sppf, round_to=args.round_to, weights=weights)
     for metric in ("flops", "params"):
         target = getattr(args, f"target_{metric}")
         if target is not None:
@@ -204,14 +230,15 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     if warning:
         print(f"WARNING: {warning}")
 
-    ratio, target = _choose_ratio(args, s, graph, state)
+    weights = _cost_weights(model, graph, args.img_size, args.latency_runs) if args.cost_aware else None
+    ratio, target = _choose_ratio(args, s, graph, state, weights)
     prefix = output_prefix(s, ratio, layer_keep if s.name in ("3", "8x") else None)
     paths = output_paths(args.weights, args.cfg, prefix, args.out_dir)
     _refuse_overwrite(paths, [args.weights, args.cfg, args.data])  # before any expensive work
 
     t0 = time.perf_counter()
-    result = prune(model, s, ratio, layer_keep, include_upsample=args.include_upsample,
-                   include_sppf=args.include_sppf)
+    result = prune(model, s, ratio, layer_keep, round_to=args.round_to, include_upsample=args.include_upsample,
+                   include_sppf=args.include_sppf, weights=weights)
     prune_s = time.perf_counter() - t0
     _print_plan(result, s, state)
     print(f"verified: compact == absorbed at {result.verification['img_size']} px "
@@ -285,6 +312,8 @@ def _history_entry(args, s: Strategy, ratio: float, layer_keep: float, target, r
         "settings": {"layer_keep": float(layer_keep), "round_to": p.round_to, "inclusive": s.inclusive,
                      "group_rule": s.group_rule, "include_upsample": bool(args.include_upsample),
                      "include_sppf": bool(args.include_sppf), "target": target,
+                     "cost_aware": p.weights is not None,
+                     "ranking_weights": None if p.weights is None else {str(i): w for i, w in p.weights.items()},
                      "img_size": args.img_size, "cfg": args.cfg, "data": args.data},
         "safe_ratio": p.safe_ratio,
         "figures": figures,

@@ -22,7 +22,7 @@ from .strategy import Strategy, get_strategy
 __all__ = [
     "validate_ratio", "ranked_gammas", "global_threshold", "threshold_mask", "min_keep", "round_up",
     "top_up", "channel_mask", "group_score", "union", "group_mask", "safe_ratio", "ranking_layers",
-    "compute_masks",
+    "compute_masks", "weighted_gammas",
 ]
 
 
@@ -33,6 +33,25 @@ def validate_ratio(ratio: float, flag: str = "ratio") -> float:
         raise ValueError(f"{flag} must be in [0, 1): the fraction of channels to remove "
                          f"(1.0 would remove every channel), got {ratio}")
     return ratio
+
+
+def weighted_gammas(gammas: Mapping[int, torch.Tensor], weights: Mapping[int, float]) -> dict[int, torch.Tensor]:
+    """``|gamma| / weight`` per layer: the scores of a cost-aware ranking.
+
+    Dividing a whole layer by one positive factor keeps the order of its channels (so the floor and
+    the rounding add the same channels as without weights) and moves the layer in the global
+    ranking. Every layer of ``gammas`` needs a finite weight > 0; a missing one is an error rather
+    than a silent 1, since it would mean the weights describe another model.
+    """
+    out = {}
+    for i, g in gammas.items():
+        if i not in weights:
+            raise ValueError(f"no ranking weight for layer {i} (weights cover layers {sorted(weights)})")
+        w = float(weights[i])
+        if not (w > 0.0 and math.isfinite(w)):
+            raise ValueError(f"ranking weight of layer {i} must be finite and > 0, got {w}")
+        out[i] = g.detach().abs() / w
+    return out
 
 
 def ranked_gammas(gammas: Sequence[torch.Tensor]) -> torch.Tensor:

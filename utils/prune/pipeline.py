@@ -18,7 +18,7 @@ from models.darknet import Darknet
 
 from .absorb import absorb, bn_key, mask_gammas
 from .graph import PruneGraph, analyse
-from .masks import compute_masks, ranking_layers, safe_ratio, validate_ratio
+from .masks import compute_masks, ranking_layers, safe_ratio, validate_ratio, weighted_gammas
 from .strategy import Strategy, get_strategy
 from .surgery import (PruneError, compact_cfg, compact_state, input_keep, model_from_state, verify,
                       verify_size)
@@ -41,6 +41,7 @@ class PrunePlan:
     safe_ratio: float
     include_upsample: bool = False
     include_sppf: bool = False
+    weights: dict[int, float] | None = None  # cost-aware ranking: |gamma| / weight (None: plain)
 
 
 @dataclass
@@ -67,25 +68,37 @@ class PruneResult:
 
 def plan(graph: PruneGraph, state: Mapping[str, torch.Tensor], strategy: "int | str | Strategy",
          ratio: float, layer_keep: float = 0.0, round_to: int | None = None,
-         include_upsample: bool = False, include_sppf: bool = False) -> PrunePlan:
-    """Masks for ``strategy`` at ``ratio`` from the BN gammas in ``state``."""
+         include_upsample: bool = False, include_sppf: bool = False,
+         weights: Mapping[int, float] | None = None) -> PrunePlan:
+    """Masks for ``strategy`` at ``ratio`` from the BN gammas in ``state``.
+
+    ``weights`` (layer -> positive factor, e.g. :func:`~utils.prune.cost.latency_weights`): rank
+    ``|gamma| / weight`` instead of ``|gamma|``, so that at equal gamma the channels of heavily
+    weighted layers go first; the ratio then counts channels of that ranking.
+    """
     strategy = get_strategy(strategy)
     ratio = validate_ratio(ratio, strategy.ratio_flag)
+    if round_to is not None and int(round_to) < 1:
+        raise ValueError(f"--round-to must be a positive channel multiple, got {round_to}")
     prunable = graph.prunable(strategy, include_upsample, include_sppf)
     if not prunable:
         raise PruneError("the model has no prunable layers (are its BatchNorms fused?)")
     groups = graph.prunable_groups(strategy, include_upsample, include_sppf)
     gammas = {i: state[bn_key(i, "weight")] for i in prunable}
+    if weights is not None:
+        gammas = weighted_gammas(gammas, weights)
     round_to = strategy.round_to if round_to is None else int(round_to)
     masks = compute_masks(gammas, prunable, groups, strategy, ratio, layer_keep, round_to)
     safe = safe_ratio(gammas, ranking_layers(prunable, groups, strategy))
+    kept_weights = None if weights is None else {i: float(weights[i]) for i in prunable}
     return PrunePlan(strategy, ratio, float(layer_keep), round_to, graph, prunable, groups, masks, safe,
-                     include_upsample, include_sppf)
+                     include_upsample, include_sppf, kept_weights)
 
 
 def prune(model: Darknet, strategy: "int | str | Strategy", ratio: float, layer_keep: float = 0.0,
           round_to: int | None = None, include_upsample: bool = False, include_sppf: bool = False,
-          verify_img_size: int = 256, tol: float = 1e-4) -> PruneResult:
+          verify_img_size: int = 256, tol: float = 1e-4,
+          weights: Mapping[int, float] | None = None) -> PruneResult:
     """Prune ``model`` (left unchanged) and prove the compact model equals the absorbed one.
 
     Raises :class:`~utils.prune.surgery.VerificationError` (nothing is returned) on a mismatch.
@@ -95,7 +108,7 @@ def prune(model: Darknet, strategy: "int | str | Strategy", ratio: float, layer_
     graph = analyse(cfg)
     state = model.state_dict()
     t1 = time.perf_counter()
-    p = plan(graph, state, strategy, ratio, layer_keep, round_to, include_upsample, include_sppf)
+    p = plan(graph, state, strategy, ratio, layer_keep, round_to, include_upsample, include_sppf, weights)
     t2 = time.perf_counter()
     absorbed = absorb(graph, state, p.masks)
     t3 = time.perf_counter()
@@ -137,11 +150,13 @@ def estimate_cost(graph: PruneGraph, masks: Mapping[int, torch.Tensor], img_size
 def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], strategy: "int | str | Strategy",
                  target: float, metric: str = "flops", img_size: int = 640, layer_keep: float = 0.0,
                  round_to: int | None = None, include_upsample: bool = False,
-                 include_sppf: bool = False, resolution: int = 10_000) -> tuple[float, float]:
+                 include_sppf: bool = False, resolution: int = 10_000,
+                 weights: Mapping[int, float] | None = None) -> tuple[float, float]:
     """Smallest ratio (on a grid of 1/resolution) whose compact model keeps at most ``target`` of
     the original FLOPs or parameters; returns (ratio, achieved fraction).
 
-    Bisection is valid because kept counts never grow with the ratio.
+    Bisection is valid because kept counts never grow with the ratio (with ``weights`` too: the
+    ranking is fixed, the ratio only moves the threshold along it).
     """
     if metric not in ("flops", "params"):
         raise ValueError(f"metric must be 'flops' or 'params', got {metric!r}")
@@ -151,7 +166,8 @@ def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], strategy:
     full = estimate_cost(graph, {}, img_size)[pick]
 
     def fraction(k: int) -> float:
-        p = plan(graph, state, strategy, k / resolution, layer_keep, round_to, include_upsample, include_sppf)
+        p = plan(graph, state, strategy, k / resolution, layer_keep, round_to, include_upsample, include_sppf,
+                 weights)
         return estimate_cost(graph, p.masks, img_size)[pick] / full
 
     lo, hi = 0, resolution - 1

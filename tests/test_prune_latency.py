@@ -1,0 +1,160 @@
+"""Latency-aware pruning: per-channel costs, ranking weights, --round-to and --cost-aware (CPU, tiny)."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+import slim_prune_yolov5s
+from models import build_model, load_cfg_file, load_model, save_checkpoint
+from utils.prune import analyse, estimate_cost, plan, search_ratio, sparsity_layers
+from utils.prune.absorb import bn_key
+from utils.prune.cost import channel_costs, latency_weights, layer_flops, profile_layers, prune_units
+from utils.prune.fake import fake_sparsity_
+from utils.prune.masks import weighted_gammas
+
+
+@pytest.fixture(scope="module")
+def nano():
+    """Fake-sparse yolov5n and its graph."""
+    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=2), img_size=64).eval()
+    return model, analyse(model.to_cfg())
+
+
+def _drop_one(graph, unit):
+    """Masks removing channel 0 from every member of ``unit``."""
+    mask = torch.ones(graph.cfg.channels[unit[0]], dtype=torch.bool)
+    mask[0] = False
+    return {m: mask for m in unit}
+
+
+@pytest.mark.parametrize("cfg", ["models/yolov5n.yaml", "models/yolov5n6.yaml"])
+def test_channel_cost_of_flops_is_what_removing_a_channel_saves(cfg):
+    graph = analyse(load_cfg_file(cfg, nc=3))
+    size = 128
+    full = estimate_cost(graph, {}, size)[1]
+    costs = channel_costs(graph, layer_flops(graph.cfg, size))
+    units = prune_units(graph)
+    assert sorted(m for u in units for m in u) == graph.convs  # every conv in exactly one unit
+    for unit in units:
+        saved = full - estimate_cost(graph, _drop_one(graph, unit), size)[1]
+        assert costs[unit[0]] == pytest.approx(saved, rel=1e-9), unit
+        assert all(costs[m] == costs[unit[0]] for m in unit)
+
+
+def test_latency_weights_are_one_when_time_follows_flops(nano):
+    _, graph = nano
+    flops = layer_flops(graph.cfg, 128)
+    weights = latency_weights(graph, {i: 3e-12 * f for i, f in flops.items()}, 128)
+    assert set(weights) == set(graph.convs)
+    assert all(w == pytest.approx(1.0) for w in weights.values())
+
+
+def test_a_slow_layer_gets_a_larger_weight(nano):
+    _, graph = nano
+    flops = layer_flops(graph.cfg, 128)
+    slow = graph.prunable("3")[0]
+    times = {i: 3e-12 * f * (5.0 if i == slow else 1.0) for i, f in flops.items()}
+    weights = latency_weights(graph, times, 128)
+    assert weights[slow] > 1.5
+    assert weights[slow] == max(weights.values())
+
+
+def test_unit_weights_leave_masks_unchanged(nano):
+    model, graph = nano
+    state = model.state_dict()
+    for s in ("1", "2", "3", "8x"):
+        plain = plan(graph, state, s, 0.5, 0.01)
+        ones = plan(graph, state, s, 0.5, 0.01, weights={i: 1.0 for i in graph.convs})
+        assert plain.masks.keys() == ones.masks.keys()
+        assert all(torch.equal(plain.masks[i], ones.masks[i]) for i in plain.masks)
+        assert plain.weights is None and set(ones.weights) == set(ones.prunable)
+
+
+def test_weights_move_the_cuts_to_the_slow_layer(nano):
+    """At the same FLOPs, weighting one layer as slow cuts more of it, and only the channel order
+    inside a layer is kept (weights never reorder a layer's own channels)."""
+    model, graph = nano
+    state = model.state_dict()
+    slow = graph.prunable("3")[0]
+    weights = {i: (3.0 if i == slow else 1.0) for i in graph.convs}
+    r0, f0 = search_ratio(graph, state, "3", 0.6, "flops", 128, 0.01)
+    r1, f1 = search_ratio(graph, state, "3", 0.6, "flops", 128, 0.01, weights=weights)
+    assert f0 <= 0.6 and f1 <= 0.6
+    plain = plan(graph, state, "3", r0, 0.01)
+    costed = plan(graph, state, "3", r1, 0.01, weights=weights)
+    assert int(costed.masks[slow].sum()) < int(plain.masks[slow].sum())
+    gamma = state[bn_key(slow, "weight")].abs()
+    kept, cut = gamma[costed.masks[slow]], gamma[~costed.masks[slow]]
+    assert cut.numel() == 0 or float(cut.max()) <= float(kept.min())
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, math.nan, math.inf])
+def test_invalid_weights_are_errors(bad):
+    g = {3: torch.ones(4), 5: torch.ones(4)}
+    with pytest.raises(ValueError, match="layer 5"):
+        weighted_gammas(g, {3: 1.0, 5: bad})
+    with pytest.raises(ValueError, match="no ranking weight for layer 5"):
+        weighted_gammas(g, {3: 1.0})
+
+
+@pytest.mark.parametrize("round_to", [16, 32])
+def test_round_to_applies_to_every_strategy(nano, round_to):
+    model, graph = nano
+    state = model.state_dict()
+    for s in ("1", "2", "3", "8x"):
+        p = plan(graph, state, s, 0.5, 0.01, round_to=round_to)
+        assert p.round_to == round_to
+        for i, m in p.masks.items():
+            kept, width = int(m.sum()), m.numel()
+            assert kept % round_to == 0 or kept == width, (s, i, kept, width)
+    with pytest.raises(ValueError, match="--round-to"):
+        plan(graph, state, "3", 0.5, 0.01, round_to=0)
+
+
+def test_profile_covers_every_module_layer(nano):
+    model, _ = nano
+    profile = profile_layers(model, 64, runs=2)
+    timed = {i for i, layer in enumerate(model.cfg.layers) if layer.type not in ("route", "shortcut")}
+    assert set(profile) == timed
+    assert all(t >= 0.0 for t in profile.values())
+    assert model.training is False
+    with pytest.raises(ValueError, match="runs"):
+        profile_layers(model, 64, runs=0)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, nano):
+    folder = tmp_path_factory.mktemp("lat")
+    model, _ = nano
+    path = folder / "last.pt"
+    save_checkpoint(path, model, history=[{"step": "sparsity", "prune": 1, "layers": sparsity_layers(model.cfg, 1)}])
+    return path
+
+
+def test_cli_cost_aware_and_round_to(checkpoint, nano, tmp_path, capsys):
+    weights = tmp_path / "last.pt"
+    shutil.copy(checkpoint, weights)
+    argv = ["--weights", str(weights), "--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "1",
+            "--cost-aware", "--round-to", "16", "--target-flops", "0.6", "--include-upsample", "--include-sppf"]
+    assert slim_prune_yolov5s.main(argv) == 0
+    assert "--cost-aware: time per FLOP" in capsys.readouterr().out
+    out = next(p for p in tmp_path.glob("prune_*last.pt"))
+    ckpt = torch.load(out, weights_only=True)
+    settings = ckpt["history"][-1]["settings"]
+    assert settings["cost_aware"] is True and settings["round_to"] == 16
+    assert sorted(map(int, settings["ranking_weights"])) == nano[1].prunable("3", True, True)
+    assert all(w > 0 for w in settings["ranking_weights"].values())
+    for layer, mask in ckpt["history"][-1]["masks"].items():
+        assert sum(mask) % 16 == 0 or sum(mask) == len(mask)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["settings"]["target"]["achieved"] <= 0.6
+    load_model(out)(torch.rand(1, 3, 64, 64))
+
+
+def test_cli_rejects_bad_round_to(checkpoint, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        slim_prune_yolov5s.main(["--weights", str(checkpoint), "--no-eval", "--round-to", "0",
+                                 "--out-dir", str(tmp_path)])
+    assert e.value.code == 2

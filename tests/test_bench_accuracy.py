@@ -1,0 +1,178 @@
+"""The accuracy benchmarks' pure parts and the README results generator (no training here: the
+benchmarks themselves are exercised end to end by their --quick mode)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import accuracy_common as ac  # noqa: E402
+import bench_distill  # noqa: E402
+import bench_sparsity  # noqa: E402
+import update_readme_results as urr  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_flags_from_opt_replays_values_and_switches(tmp_path):
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.01\n")
+    opt = {"img": 160, "batch_size": 16, "optimizer": "AdamW", "data": None, "hyp": str(hyp),
+           "max_train_images": 0, "cos_lr": True, "rect": False, "unrelated": 5}
+    args = ac.flags_from_opt(opt, ac.TRAIN_FLAGS, ac.TRAIN_SWITCHES)
+    assert args == ["--img", "160", "--batch", "16", "--optimizer", "AdamW", "--hyp", str(hyp), "--cos-lr"]
+    gone = ac.flags_from_opt({"hyp": str(tmp_path / "missing.yaml")}, ac.TRAIN_FLAGS, {})
+    assert gone == []  # a stored hyp path from another checkout is not replayed
+
+
+def test_override_quick_caps_epochs_and_images():
+    opt = {"epochs": 15, "max_train_images": 0}
+    assert ac.override(opt, None, False) == opt
+    assert ac.override(opt, 3, False)["epochs"] == 3
+    q = ac.override({"epochs": 15, "max_train_images": 600}, None, True)
+    assert q["epochs"] == ac.QUICK_EPOCHS and q["max_train_images"] == ac.QUICK_TRAIN_IMAGES
+    assert ac.override({"epochs": 1, "max_train_images": 8}, None, True)["max_train_images"] == 8
+    assert opt == {"epochs": 15, "max_train_images": 0}  # input untouched
+    with pytest.raises(ValueError, match="--epochs"):
+        ac.override(opt, 0, False)
+
+
+def test_same_settings_treats_empty_values_alike():
+    assert ac.same_settings({"a": 0, "b": None}, {"b": ""}, ["a", "b"])
+    assert not ac.same_settings({"epochs": 10}, {"epochs": 11}, ["epochs"])
+
+
+def test_quick_results_never_land_in_benchmarks_results():
+    assert ac.results_path("sparsity", False) == ac.RESULTS / "sparsity.json"
+    quick = ac.results_path("sparsity", True)
+    assert not quick.resolve().is_relative_to(ac.RESULTS.resolve())
+    with pytest.raises(ValueError, match="--quick"):
+        ac.results_path("sparsity", True, str(ac.RESULTS / "sparsity.json"))
+
+
+def test_read_timings(tmp_path):
+    f = tmp_path / "timings.txt"
+    f.write_text("train 10\nsparsity 20\n\n")
+    assert ac.read_timings(f) == {"train": 10, "sparsity": 20}
+    assert ac.read_timings(tmp_path / "none.txt") == {}
+    f.write_text("train 10 extra\n")
+    with pytest.raises(ValueError, match="timings.txt:1"):
+        ac.read_timings(f)
+
+
+def test_cached_run_only_touches_runs_bench(tmp_path):
+    with pytest.raises(ValueError, match="runs/bench"):
+        ac.cached_run(["true"], tmp_path / "out", "x", fresh=False)
+
+
+def test_find_run_names_the_missing_checkpoint_and_spots_smoke_runs(tmp_path):
+    (tmp_path / "base" / "weights").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="base checkpoint"):
+        ac.find_run(tmp_path)
+    for stage, name in (("base", "best.pt"), ("sparse", "last.pt")):
+        (tmp_path / stage / "weights").mkdir(parents=True, exist_ok=True)
+        (tmp_path / stage / "weights" / name).write_bytes(b"")
+    (tmp_path / "timings.txt").write_text("train 5\n")
+    run = ac.find_run(tmp_path)
+    assert run.timings == {"train": 5} and run.finetune is None and not run.smoke
+    assert not ac.is_smoke(run, False) and ac.is_smoke(run, True)
+    (tmp_path / "report.json").write_text(json.dumps({"quick": True}))
+    assert ac.is_smoke(ac.find_run(tmp_path), False)  # a QUICK=1 run never yields results
+
+
+# ------------------------------------------------------------------------------------ verdicts
+def _sp(lt, m):
+    return {"gamma_lt_0.01": lt, "mAP50": m}
+
+
+def test_sparsity_targets():
+    ok = bench_sparsity.targets(_sp(0.0, 0.80), _sp(0.6, 0.76), _sp(0.1, 0.80))
+    assert all(ok.values())
+    bad = bench_sparsity.targets(_sp(0.0, 0.80), _sp(0.4, 0.74), _sp(0.7, 0.80))
+    assert not any(bad.values())
+
+
+def test_distill_summary_and_targets():
+    per = {"plain": [{"seed": 0, "mAP50": 0.70, "mAP50-95": 0.4, "wall_s": 10},
+                     {"seed": 1, "mAP50": 0.74, "mAP50-95": 0.5, "wall_s": None}],
+           "distill": [{"seed": 0, "mAP50": 0.69, "mAP50-95": 0.4, "wall_s": 12},
+                       {"seed": 1, "mAP50": 0.73, "mAP50-95": 0.4, "wall_s": 14}]}
+    s = bench_distill.summarise(per)
+    assert s["plain"]["mAP50"] == pytest.approx(0.72) and s["plain"]["wall_s"] == 10
+    assert s["distill"]["wall_s"] == pytest.approx(13) and s["plain"]["wall_s_std"] is None
+    t = bench_distill.targets(s, base_map=0.75, flops_ratio=0.6)
+    assert list(t.values()) == [True, True, False, False]  # distilled 0.71 < 0.75 - 0.03; 0.6 > 0.5
+
+
+# ------------------------------------------------------------------------------------ README
+README = """# title
+
+## Results
+
+old text
+```
+## not a heading (code)
+```
+
+## Troubleshooting
+
+keep me
+"""
+
+
+def test_replace_section_only_touches_results():
+    new = urr.replace_section(README, "NEW BODY\n")
+    assert "old text" not in new and "NEW BODY" in new
+    assert new.startswith("# title\n\n## Results\n\nNEW BODY\n\n## Troubleshooting\n\nkeep me")
+    assert urr.replace_section(new, "NEW BODY\n") == new  # idempotent
+    fenced = README.replace("# title\n", "# title\n```\n## Results\nin code\n```\n", 1)
+    out = urr.replace_section(fenced, "X")
+    assert "## Results\nin code\n```" in out and "old text" not in out  # the code block is no heading
+    with pytest.raises(ValueError, match="Results"):
+        urr.replace_section("# only a title\n", "X")
+
+
+def _write(folder: Path, name: str, data) -> None:
+    (folder / f"{name}.json").write_text(json.dumps(data) if not isinstance(data, str) else data)
+
+
+def test_results_generator_tolerates_missing_bad_and_quick_files(tmp_path):
+    assert "No measured results" in urr.render_section(urr.load_results(tmp_path))
+    _write(tmp_path, "distill", "{not json")
+    _write(tmp_path, "sparsity", {"quick": True, "rows": {}})
+    _write(tmp_path, "compression", {"unexpected": 1})  # renders nothing, is left out
+    _write(tmp_path, "onnx_latency", {"cpu": "Test CPU", "threads": 1, "table": "| a |\n|---|\n| 1 |"})
+    found = urr.load_results(tmp_path)
+    assert sorted(found) == ["compression", "onnx_latency"]
+    body = urr.render_section(found)
+    assert "### ONNX Runtime CPU latency" in body and "Test CPU, 1 thread(s)" in body
+    assert "(file time)" in body and "Accuracy vs compression" not in body
+
+
+def test_results_generator_shows_only_stored_figures(tmp_path):
+    rows = {"baseline": {"scale": 0.0, "gamma_mean": 0.9, "gamma_lt_0.01": 0.0, "gamma_lt_0.001": 0.0,
+                         "safe_ratio": 0.8, "mAP50": 0.8123, "mAP50-95": 0.5},
+            "sparsity (-sr)": {"scale": 0.002, "gamma_mean": 0.05, "gamma_lt_0.01": 0.61, "gamma_lt_0.001": 0.2,
+                               "safe_ratio": 0.7, "mAP50": 0.7901, "mAP50-95": 0.48}}
+    _write(tmp_path, "sparsity", {"date": "2030-01-02T03:04:05", "rows": rows, "layers": [1, 2],
+                                  "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 1},
+                                  "settings": {"epochs": 15}, "targets": {"-sr sparsifies": True}})
+    body = urr.render_section(urr.load_results(tmp_path))
+    assert "Test CPU, 2 cores, 1 torch thread, no GPU; 2030-01-02 03:04" in body
+    assert "| sparsity (-sr) | 0.002 | 0.050 | 61.0% | 20.0% | 0.700 | 0.790 | -0.022 | 0.480 |" in body
+    assert "- PASS: -sr sparsifies" in body
+
+
+def test_update_readme_main_check_and_write(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    results = tmp_path / "results"
+    results.mkdir()
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert urr.main(args + ["--check"]) == 1
+    assert urr.main(args) == 0
+    assert urr.main(args + ["--check"]) == 0
+    assert "keep me" in readme.read_text()

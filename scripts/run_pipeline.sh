@@ -8,12 +8,15 @@
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
 # FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS NAME DEVICE WORKERS
-# PYTHON QUICK. TARGET_FLOPS (the fraction of the FLOPs to keep) takes precedence over PERCENT;
+# PYTHON QUICK HYP (step 1) FT_HYP (steps 2 and 4). TARGET_FLOPS (the fraction of the FLOPs to
+# keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT.
 #
 # The defaults are chosen for a 2-core CPU: yolov5n at 160 px, AdamW (it converges from scratch
 # several times faster than SGD on this data), gradient accumulation to 16 images (--nbs 16: more
-# optimizer steps on a small dataset), sparsity strength 0.002.
+# optimizer steps on a small dataset), sparsity strength 0.003; sparsity training and finetuning
+# continue from trained weights with data/hyps/hyp.finetune.yaml (half the learning rate, no raised
+# bias learning rate at the start of warm-up).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +29,9 @@ WEIGHTS=${WEIGHTS:-}
 DEVICE=${DEVICE:-}
 STRATEGY=${STRATEGY:-8x}
 LAYER_KEEP=${LAYER_KEEP:-0.01}
-SCALE=${SCALE:-0.002}
+SCALE=${SCALE:-0.003}
+HYP=${HYP:-data/hyps/hyp.scratch-low.yaml}
+FT_HYP=${FT_HYP:-data/hyps/hyp.finetune.yaml}
 BATCH=${BATCH:-16}
 NBS=${NBS:-16}
 OPTIMIZER=${OPTIMIZER:-AdamW}
@@ -67,12 +72,13 @@ step() {  # step NAME command...: print, run, time, stop on failure
 
 # 1. baseline training
 if [ -n "$WEIGHTS" ]; then BASE_INIT=(--weights "$WEIGHTS"); else BASE_INIT=(--weights ''); fi
-step train $PY train.py "${COMMON[@]}" --epochs "$EPOCHS" --cfg "$CFG" "${BASE_INIT[@]}" --name base
+step train $PY train.py "${COMMON[@]}" --epochs "$EPOCHS" --hyp "$HYP" --cfg "$CFG" "${BASE_INIT[@]}" \
+  --name base
 BASE=$OUT/base/weights/best.pt
 
 # 2. sparsity training (all prunable layers unless strategy 1)
 PRUNE_SET=1; [ "$STRATEGY" = 1 ] && PRUNE_SET=0
-step sparsity $PY train_sparsity.py "${COMMON[@]}" --epochs "$SP_EPOCHS" --weights "$BASE" \
+step sparsity $PY train_sparsity.py "${COMMON[@]}" --epochs "$SP_EPOCHS" --hyp "$FT_HYP" --weights "$BASE" \
   --name sparse -sr --scale "$SCALE" --prune "$PRUNE_SET"
 SPARSE=$OUT/sparse/weights/last.pt
 
@@ -89,14 +95,16 @@ step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG
 PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 
 # 4. finetune: plain and distilled from the sparse (unpruned) model
-step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --weights "$PRUNED" --name finetune
-step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --weights "$PRUNED" \
+step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
+  --weights "$PRUNED" --name finetune
+step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
+  --weights "$PRUNED" \
   --name finetune_distill --distill --t_weights "$SPARSE"
 FINAL=$OUT/finetune_distill/weights/best.pt
 
 # 5. detection with the final model
 SOURCE=$($PY -c "from utils.datasets import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
-step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" \
+step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" --line-thickness 1 \
   --project "$OUT" --name detect --exist-ok
 
 # report

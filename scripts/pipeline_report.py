@@ -4,8 +4,9 @@
         --base B.pt --sparse S.pt --pruned P.pt --finetune F.pt --distill D.pt
 
 Writes ``<run>/report.json``, ``<run>/report.md`` (with the plots of the run) and prints the table.
-Latency: batch 1, BN fused, one CPU thread, median of repeated runs after warm-up (plus CUDA when
-present).
+Latency: batch 1, BN fused, one CPU thread, median of 50 rounds in which the five models are timed
+one after the other (round-robin, so a change of machine load hits all of them alike), after
+warm-up; plus CUDA when present.
 """
 from __future__ import annotations
 
@@ -24,33 +25,46 @@ STAGES = [("baseline", "base"), ("sparse", "sparse"), ("pruned", "pruned"),
           ("finetuned", "finetune"), ("finetuned+distill", "distill")]
 
 
-def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -> dict:
+def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -> tuple[dict, object]:
+    """Accuracy, size and FLOPs of one checkpoint; returns the figures and the fused model."""
     import copy
-
-    import torch
 
     from models import load_model
     from utils.evaluate import evaluate_dataset
-    from utils.torch_utils import count_flops, count_params, measure_latency
+    from utils.torch_utils import count_flops, count_params
 
     model = load_model(weights, device="cpu", verbose=False)
     res = evaluate_dataset(model, data_cfg, img_size=img, batch_size=batch, workers=workers,
                            progress=False)
-    fused = copy.deepcopy(model).fuse().eval()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        cpu_ms = measure_latency(fused, img, runs=30, warmup=5)
-    finally:
-        torch.set_num_threads(threads)
     out = {
         "weights": str(weights), "mAP50": float(res.mAP50), "mAP50-95": float(res.mAP50_95),
         "params": count_params(model), "flops": count_flops(model, img),
-        "size_mb": weights.stat().st_size / 1e6, "cpu_ms": cpu_ms, "gpu_ms": None,
+        "size_mb": weights.stat().st_size / 1e6, "cpu_ms": None, "gpu_ms": None,
     }
-    if torch.cuda.is_available():
-        out["gpu_ms"] = measure_latency(fused.cuda(), img, runs=50, warmup=10)
-    return out
+    return out, copy.deepcopy(model).fuse().eval()
+
+
+def interleaved_latency(models: list, img: int, device: str, rounds: int, warmup: int = 3) -> list[float]:
+    """Median batch-1 latency (ms) of each model, timed round-robin so load changes hit all alike."""
+    import statistics
+
+    import torch
+    x = torch.rand(1, 3, img, img, device=device)
+    models = [m.to(device) for m in models]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times: list[list[float]] = [[] for _ in models]
+    with torch.no_grad():
+        for m in models:
+            for _ in range(warmup):
+                m(x)
+        for _ in range(rounds):
+            for k, m in enumerate(models):
+                sync()
+                t = time.perf_counter()
+                m(x)
+                sync()
+                times[k].append((time.perf_counter() - t) * 1000)
+    return [statistics.median(t) for t in times]
 
 
 def ratios(stages: dict) -> None:
@@ -140,12 +154,23 @@ def main(argv=None) -> int:
     opt = parse_args(argv)
     run = Path(opt.run)
     data_cfg = load_data_config(opt.data)
-    torch.set_num_threads(max(torch.get_num_threads(), 1))
-    stages = {}
+    stages, fused = {}, []
     for name, key in STAGES:
         t = time.time()
-        stages[name] = measure_stage(Path(getattr(opt, key)), data_cfg, opt.img, opt.batch_size, opt.workers)
+        stages[name], model = measure_stage(Path(getattr(opt, key)), data_cfg, opt.img,
+                                            opt.batch_size, opt.workers)
+        fused.append(model)
         print(f"{name}: measured in {time.time() - t:.1f}s", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for s, ms in zip(stages.values(), interleaved_latency(fused, opt.img, "cpu", rounds=50)):
+            s["cpu_ms"] = ms
+    finally:
+        torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        for s, ms in zip(stages.values(), interleaved_latency(fused, opt.img, "cuda", rounds=100)):
+            s["gpu_ms"] = ms
     ratios(stages)
     timings = {}
     tf = run / "timings.txt"

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from machine import cpu_name  # benchmarks/ is on sys.path when these run
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCH_RUNS = ROOT / "runs" / "bench"
@@ -299,14 +301,6 @@ def size_figures(weights: str | Path, img: int) -> dict:
     return {"params": count_params(model), "flops": count_flops(model, img)}
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def now() -> str:

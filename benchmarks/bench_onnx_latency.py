@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
@@ -24,17 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
+from machine import cpu_name  # benchmarks/ is on sys.path when these run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _session(path: Path, threads: int):
@@ -94,7 +87,7 @@ def run(weights: list[str], labels: list[str], sizes: list[int], runs: int, warm
         threads: int, opset: int) -> dict:
     """Measure every model at every size; returns the JSON-ready report."""
     import onnxruntime
-    report = {"benchmark": "onnxruntime CPU latency", "cpu": _cpu_name(), "threads": threads,
+    report = {"benchmark": "onnxruntime CPU latency", "cpu": cpu_name(), "threads": threads,
               "onnxruntime": onnxruntime.__version__, "runs": runs, "warmup": warmup,
               "models": [], "results": []}
     with tempfile.TemporaryDirectory(prefix="onnx_latency_") as tmp:

@@ -37,27 +37,21 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
+from machine import cpu_name  # benchmarks/ is on sys.path when these run
+
 ROOT = Path(__file__).resolve().parents[1]
 TP_VERSION = "1.6.1"
 STRATEGY_KEEP = {"1": 0.0, "2": 0.0, "3": 0.01, "8x": 0.01}
 
 
 # ------------------------------------------------------------------------------------ machine
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info() -> dict:
     import torch
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_average": list(load) if load else None, "python": platform.python_version()}
 

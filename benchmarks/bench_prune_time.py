@@ -19,25 +19,18 @@ import argparse
 import json
 import os
 import subprocess
-import platform
 import resource
 import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
 
+from machine import cpu_name  # benchmarks/ is on sys.path when these run
+
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("analyse", "masks", "absorb", "surgery", "verify")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _status_kb(field: str) -> int | None:
@@ -177,9 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows += bench_model(name, opt.strategies, opt.ratio, opt.repeats, opt.nc)
     table = format_table(rows)
     print(f"prune step (analysis, masks, absorption, surgery, verification at 256 px), torch "
-          f"{torch.__version__}, 1 thread, {_cpu_name()}; median of {opt.repeats} runs after a cold one")
+          f"{torch.__version__}, 1 thread, {cpu_name()}; median of {opt.repeats} runs after a cold one")
     print(table)
-    report = {"cpu": _cpu_name(), "torch": torch.__version__, "threads": 1, "repeats": opt.repeats,
+    report = {"cpu": cpu_name(), "torch": torch.__version__, "threads": 1, "repeats": opt.repeats,
               "rows": rows, "table": table}
     out = Path(opt.json)
     out.parent.mkdir(parents=True, exist_ok=True)

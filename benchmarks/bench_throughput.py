@@ -51,6 +51,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from machine import cpu_name  # benchmarks/ is on sys.path when these run
+
 ROOT = Path(__file__).resolve().parents[1]
 REFDATA = ROOT.parent / "shared" / "refdata"
 UPSTREAM_ENV_SCRIPT = ROOT / "benchmarks" / "upstream_env.sh"
@@ -352,14 +354,6 @@ def _load() -> float | None:
         return None
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def summarise(runs: dict[str, list[dict]]) -> dict:
@@ -517,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {k: getattr(opt, k) for k in ("rounds", "img", "batch", "epochs", "train_images", "skip",
                                                   "workers", "val_calls")},
         "upstream": {"available": up_py is not None, "note": up_note, "package": "yolov5==7.0.14"},
-        "machine": {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version(), "load_average_1min": loads},
         "summary": s,
         "runs": runs,

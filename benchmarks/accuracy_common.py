@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from machine import cpu_name  # benchmarks/ is on sys.path when these run
+from machine import cpu_name, write_report  # noqa: F401 (re-exported); benchmarks/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -317,12 +317,6 @@ def machine_info() -> dict[str, Any]:
             "torch": torch.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-
-
-def write_report(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
-    print(f"saved {_rel(path)}")
 
 
 def md_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

@@ -13,7 +13,6 @@ to the first model. ``.onnx`` files are accepted as they are (timed at their own
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from machine import cpu_name  # benchmarks/ is on sys.path when these run
+from machine import cpu_name, write_report  # benchmarks/ is on sys.path when these run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,10 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"median of {opt.runs} runs after {opt.warmup} warm-up, batch 1")
     print(table)
     report["table"] = table
-    out = Path(opt.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
+    write_report(opt.json, report)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import os
 import platform
 import statistics
@@ -37,7 +36,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from machine import cpu_name  # benchmarks/ is on sys.path when these run
+from machine import cpu_name, write_report  # benchmarks/ is on sys.path when these run
 
 ROOT = Path(__file__).resolve().parents[1]
 TP_VERSION = "1.6.1"
@@ -475,10 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{size} px: ours ({RECOMMENDED}) latency ratio {c['ours_latency_ratio']:.3f} at FLOPs "
               f"{c['ours_flops_ratio']:.3f}{tp_part}; aim {c['aim']}: {'met' if c['meets_aim'] else 'not met'}")
     report["seconds"] = time.perf_counter() - start
-    out = Path(opt.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out} ({report['seconds']:.0f} s)")
+    write_report(opt.json, report, f" ({report['seconds']:.0f} s)")
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from machine import cpu_name  # benchmarks/ is on sys.path when these run
+from machine import cpu_name, write_report  # benchmarks/ is on sys.path when these run
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("analyse", "masks", "absorb", "surgery", "verify")
@@ -174,10 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     report = {"cpu": cpu_name(), "torch": torch.__version__, "threads": 1, "repeats": opt.repeats,
               "rows": rows, "table": table}
-    out = Path(opt.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"saved {out}")
+    write_report(opt.json, report)
     return 0
 
 

@@ -51,7 +51,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from machine import cpu_name  # benchmarks/ is on sys.path when these run
+from machine import cpu_name, write_report  # benchmarks/ is on sys.path when these run
 
 ROOT = Path(__file__).resolve().parents[1]
 REFDATA = ROOT.parent / "shared" / "refdata"
@@ -117,6 +117,14 @@ def _threads() -> int:
 # =============================================================================================
 # the four measured roles (run in subprocesses)
 # =============================================================================================
+def timed_loader_factory(original, log: list):
+    """Wrap a create_dataloader function so that its augmenting (training) loader is timed."""
+    def create(*args, **kw):
+        loader, dataset = original(*args, **kw)
+        return (TimedLoader(loader, log) if kw.get("augment") else loader), dataset
+    return create
+
+
 def role_ours_train(opt: argparse.Namespace) -> dict:
     """train.py main() with its training loader timed (the engine imports create_dataloader at run time)."""
     sys.path.insert(0, str(ROOT))
@@ -124,13 +132,7 @@ def role_ours_train(opt: argparse.Namespace) -> dict:
     import train as train_cli
 
     log: list = []
-    original = datasets.create_dataloader
-
-    def timed_create_dataloader(*args, **kw):
-        loader, dataset = original(*args, **kw)
-        return (TimedLoader(loader, log) if kw.get("augment") else loader), dataset
-
-    datasets.create_dataloader = timed_create_dataloader
+    datasets.create_dataloader = timed_loader_factory(datasets.create_dataloader, log)
     train_cli.main(["--img", str(opt.img), "--batch", str(opt.batch), "--epochs", str(opt.epochs),
                     "--data", opt.data, "--cfg", str(ROOT / "models" / "yolov5n.yaml"), "--weights", "",
                     "--workers", str(opt.workers), "--device", "cpu", "--seed", "0",
@@ -167,13 +169,7 @@ def role_upstream_train(opt: argparse.Namespace) -> dict:
 
     _prepare_upstream()
     log: list = []
-    original = up_train.create_dataloader
-
-    def timed_create_dataloader(*args, **kw):
-        loader, dataset = original(*args, **kw)
-        return (TimedLoader(loader, log) if kw.get("augment") else loader), dataset
-
-    up_train.create_dataloader = timed_create_dataloader
+    up_train.create_dataloader = timed_loader_factory(up_train.create_dataloader, log)
     sys.argv = sys.argv[:1]  # upstream's parse_opt reads sys.argv
     up_opt = up_train.parse_opt(True)
     for k, v in dict(data=opt.data, cfg="yolov5n.yaml", weights="", imgsz=opt.img, batch_size=opt.batch,
@@ -518,10 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "table_markdown": table,
         "total_seconds": time.perf_counter() - t_start,
     }
-    out = Path(opt.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\n{report['total_seconds'] / 60:.1f} minutes; report written to {out}")
+    print(f"\n{report['total_seconds'] / 60:.1f} minutes")
+    write_report(opt.json, report)
     return 0
 
 

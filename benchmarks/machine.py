@@ -1,10 +1,11 @@
-"""What the benchmarks record about the machine they ran on."""
+"""What the benchmarks record about the machine they ran on, and how they write their reports."""
 from __future__ import annotations
 
+import json
 import platform
 from pathlib import Path
 
-__all__ = ["cpu_name"]
+__all__ = ["cpu_name", "write_report"]
 
 
 def cpu_name() -> str:
@@ -16,3 +17,12 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_report(path: str | Path, report: dict, note: str = "") -> Path:
+    """Write a benchmark's JSON report (creating its folder) and say where."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"saved {path}{note}")
+    return path

@@ -25,7 +25,6 @@ import math
 import os
 import sys
 import time
-from copy import deepcopy
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,9 +35,9 @@ import torch.nn as nn
 import yaml
 
 from models import (CheckpointError, Darknet, build_model, load_cfg_file, load_checkpoint,
-                    make_checkpoint, model_from_checkpoint, save_checkpoint)
+                    make_checkpoint, model_from_checkpoint)
 from models.checkpoint import _initialize, atomic_save, check_cfg_matches
-from utils.general import LOGGER, increment_path, init_seeds, set_cpu_threads, setup_logging
+from utils.general import increment_path, init_seeds, set_cpu_threads, setup_logging
 from utils.torch_utils import ModelEMA, de_parallel, select_device
 
 __all__ = ["add_train_args", "Trainer", "run_training", "DEFAULT_CFG", "ddp_env"]

@@ -139,6 +139,10 @@ class ModelCfg:
     def in_channels(self) -> int:
         return int(self.net.get("channels", 3))
 
+    def in_width(self, j: int) -> int:
+        """Channels that source ``j`` feeds a layer: the image channels for ``j < 0``, else layer j's output."""
+        return self.in_channels if j < 0 else self.channels[j]
+
     @property
     def yolo_indices(self) -> list[int]:
         return [i for i, l in enumerate(self.layers) if l.type == "yolo"]

@@ -8,6 +8,7 @@ narrower one in place; :meth:`Darknet.to_cfg` writes the current widths and anch
 """
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 
 import torch
@@ -214,6 +215,10 @@ class Darknet(nn.Module):
             seq.Conv2d = fused
             del seq._modules["BatchNorm2d"]
         return self
+
+    def fused_copy(self) -> "Darknet":
+        """An inference copy with every BatchNorm folded into its conv, in eval mode; self is unchanged."""
+        return copy.deepcopy(self).fuse().eval()
 
     def to_cfg(self) -> ModelCfg:
         """The cfg describing the model as it is now: current conv widths and anchors."""

@@ -875,8 +875,8 @@ def _seed_worker(worker_id: int) -> None:
 def create_dataloader(img_files, img_size: int, batch_size: int, stride: int, hyp: dict | None = None,
                       augment: bool = False, rect: bool = False, pad: float = 0.0, workers: int = 0,
                       shuffle: bool = False, seed: int = 0, rank: int = -1, world_size: int = 1,
-                      cache: str | None = None, nc: int | None = None, prefix: str = ""
-                      ) -> tuple[DataLoader, YoloDataset]:
+                      cache: str | None = None, nc: int | None = None, prefix: str = "",
+                      allow_unlabelled: bool = False) -> tuple[DataLoader, YoloDataset]:
     """A DataLoader over YoloDataset with seeded sampling and augmentation.
 
     rank != -1: a DistributedSampler over ``world_size`` processes (call ``loader.sampler.set_epoch``).

@@ -5,10 +5,14 @@ import logging
 import os
 import random
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ["LOGGER", "increment_path", "init_seeds", "colorstr", "set_cpu_threads", "setup_logging"]
+from .errors import UserError
+
+__all__ = ["LOGGER", "increment_path", "init_seeds", "colorstr", "set_cpu_threads", "setup_logging",
+           "check_img_size"]
 
 LOGGER = logging.getLogger("yolov5-prune")
 
@@ -52,6 +56,25 @@ def set_cpu_threads(workers: int = 0) -> int:
         n = max((os.cpu_count() or 1) - workers, 1)
     torch.set_num_threads(n)
     return n
+
+
+def check_img_size(values: int | Sequence[int], stride: int = 32, flag: str = "--img") -> tuple[int, int]:
+    """``--img`` values (one side, or h w) -> (h, w), each rounded up to a multiple of ``stride``.
+
+    The one rounding rule of every script: the network downsamples by ``stride``, so other sizes are
+    rounded up with a note rather than refused; sizes below 1 are a :class:`UserError` naming the flag.
+    """
+    sizes = [int(values)] if isinstance(values, int) else [int(v) for v in values]
+    if len(sizes) not in (1, 2) or any(s <= 0 for s in sizes):
+        raise UserError(f"{flag} {' '.join(map(str, sizes))}: give one positive image size or two (h w), "
+                        f"for example {flag} 640")
+    h, w = (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
+    stride = max(int(stride), 1)
+    rounded = (-(-h // stride) * stride, -(-w // stride) * stride)
+    if rounded != (h, w):
+        LOGGER.warning(f"WARNING {flag} {h}x{w} is not a multiple of the model stride {stride}; "
+                       f"using {rounded[0]}x{rounded[1]}")
+    return rounded
 
 
 _COLORS = {"blue": "\033[34m", "bold": "\033[1m", "red": "\033[31m", "green": "\033[32m",

@@ -13,6 +13,7 @@ from utils import datasets as D
 from utils.augment import letterbox, random_perspective
 from utils.datasets import (DatasetError, YoloDataset, create_dataloader, img2label_paths, load_data_config,
                             parse_label_text)
+from utils.errors import UserError
 from utils.synthetic import ensure_builtin, make_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,29 +133,44 @@ def test_img2label_paths():
 
 # ----------------------------------------------------------------------------- verification
 def test_parse_label_text_repairs():
-    lab, notes = parse_label_text("0 0.5 0.5 0.2 0.2\n\n1 1.003 0.5 0.012 0.2\n2 1.5 0.5 0.2 0.2\n"
-                                  "0 0.5 0.5 0.2 0.2\n3 0.995 0.5 0.5 0.2\n4 0.5 0.5 0 0.2\n")
+    lab, notes, skipped, rows = parse_label_text("0 0.5 0.5 0.2 0.2\n\n1 1.003 0.5 0.012 0.2\n2 1.5 0.5 0.2 0.2\n"
+                                                 "0 0.5 0.5 0.2 0.2\n3 0.995 0.5 0.5 0.2\n4 0.5 0.5 0 0.2\n")
     # row 2 clipped (slightly out), row 3 dropped (far out), row 4 a duplicate, row 5 edge-clipped silently,
     # row 6 zero width dropped
-    assert lab.dtype == np.float32 and lab.shape == (3, 5)
+    assert lab.dtype == np.float32 and lab.shape == (3, 5) and skipped == [] and rows == 6
     assert lab[:, 0].tolist() == [0, 1, 3]
     assert np.all(lab[:, 1:] >= 0) and np.all(lab[:, 1:3] + lab[:, 3:5] / 2 <= 1 + 1e-6)
     np.testing.assert_allclose(lab[2, 1:], [0.8725, 0.5, 0.255, 0.2], atol=1e-5)  # (0.745..1.0) box
     text = " ".join(notes)
     assert "1 box(es) slightly outside" in text and "2 invalid box(es) dropped" in text
     assert "1 duplicate" in text and "line 4, 7" in text
-    for bad in ("0 0.5 0.5 0.2\n", "0 0.5 0.5 0.2 0.2 0.1\n", "a 0.5 0.5 0.2 0.2\n", "-1 0.5 0.5 0.2 0.2\n",
-                "0.5 0.5 0.5 0.2 0.2\n", "0 nan 0.5 0.2 0.2\n"):
-        with pytest.raises(ValueError, match="line 1"):
-            parse_label_text(bad)
+
+
+@pytest.mark.parametrize("bad, why", [("0 0.5 0.5 0.2", "expected 5 numbers"),
+                                      ("0 0.5 0.5 0.2 0.2 0.1", "expected 5 numbers"),
+                                      ("a 0.5 0.5 0.2 0.2", "not numbers"),
+                                      ("-1 0.5 0.5 0.2 0.2", "class must be a non-negative integer"),
+                                      ("0.5 0.5 0.5 0.2 0.2", "class must be a non-negative integer"),
+                                      ("0 nan 0.5 0.2 0.2", "non-finite")])
+def test_malformed_row_skipped_good_rows_kept(bad, why):
+    """A malformed row is skipped on its own (named by line and reason); the file's good boxes stay."""
+    good = "1 0.3 0.3 0.1 0.1"
+    lab, notes, skipped, rows = parse_label_text(f"0 0.5 0.5 0.2 0.2\n{bad}\n\n{good}\n{bad}\n")
+    assert lab.shape == (2, 5) and lab[:, 0].tolist() == [0, 1] and skipped == [2, 5] and rows == 4
+    np.testing.assert_allclose(lab[1], [1, 0.3, 0.3, 0.1, 0.1], atol=1e-7)
+    assert len(notes) == 1 and "2 malformed row(s) skipped" in notes[0]
+    assert f"line 2 ({why}" in notes[0] and f"line 5 ({why}" in notes[0]
+    lab, notes, skipped, rows = parse_label_text(bad + "\n")  # nothing well formed: no boxes, all skipped
+    assert lab.shape == (0, 5) and skipped == [1] and rows == 1
 
 
 def _bad_files_dataset(root: Path) -> dict[str, Path]:
     img = root / "images" / "train"
     files = {k: _write_img(img / f"{k}.jpg", seed=i) for i, k in enumerate(
-        ("good", "background", "badrow", "clip", "dup", "truncated", "cutpng"))}
+        ("good", "background", "badrow", "allbad", "clip", "dup", "truncated", "cutpng"))}
     _write_label(files["good"], "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n")
-    _write_label(files["badrow"], "0 0.5 0.5 0.2 0.2\n1 0.5 0.5\n")
+    _write_label(files["badrow"], "0 0.5 0.5 0.2 0.2\n1 0.5 0.5\n1 0.3 0.3 0.1 0.1\nbox 0.5 0.5 0.1 0.1\n")
+    _write_label(files["allbad"], "1 0.5 0.5\nbox 0.5 0.5 0.1 0.1\n")
     _write_label(files["clip"], "0 1.003 0.5 0.012 0.2\n1 2.0 0.5 0.2 0.2\n")
     _write_label(files["dup"], "0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
     data = files["truncated"].read_bytes()
@@ -174,30 +190,39 @@ def test_bad_files_skipped_with_one_warning_each(tmp_path, capsys):
     ds = YoloDataset(tmp_path / "images" / "train", img_size=64, nc=2, prefix="t: ")
     out = capsys.readouterr().out.splitlines()
     names = sorted(Path(f).stem for f in ds.img_files)
-    assert names == ["background", "clip", "dup", "good"]
+    assert names == ["background", "badrow", "clip", "dup", "good"]
     warnings = [line for line in out if "WARNING" in line]
-    for key in ("badrow", "clip", "dup", "truncated", "zero", "cutpng"):
+    for key in ("badrow", "allbad", "clip", "dup", "truncated", "zero", "cutpng"):
         assert sum(str(files[key]) in line for line in warnings) == 1, key
-    assert len(warnings) == 6
+    assert len(warnings) == 7
     assert any("truncated" in w and str(files["truncated"]) in w for w in warnings)
     assert any("empty file" in w and str(files["zero"]) in w for w in warnings)
-    assert any("expected 5 numbers" in w for w in warnings)
+    badrow = next(w for w in warnings if str(files["badrow"]) in w)
+    assert img2label_paths([files["badrow"]])[0] in badrow and "2 malformed row(s) skipped" in badrow
+    assert "line 2 (expected 5 numbers" in badrow and "line 4 (not numbers" in badrow
+    allbad = next(w for w in warnings if str(files["allbad"]) in w)
+    assert "image skipped" in allbad and "no well-formed row" in allbad and "line 1" in allbad
     summary = out[-1]
-    assert "8 images" in summary and "4 skipped as corrupt" in summary and "2 repaired" in summary
-    assert "1 without label file" in summary
+    assert "9 images" in summary and "4 skipped as corrupt" in summary and "3 repaired" in summary
+    assert "1 without label file" in summary and "(2 malformed label rows skipped)" in summary
+    assert "4 labelled (6 boxes)" in summary
     lab = {Path(f).stem: l for f, l in zip(ds.img_files, ds.labels)}
     assert lab["background"].shape == (0, 5) and lab["dup"].shape == (1, 5) and lab["good"].shape == (2, 5)
+    assert lab["badrow"][:, 0].tolist() == [0, 1]  # the good boxes of a file with bad rows are kept
     assert lab["clip"].shape == (1, 5) and lab["clip"][0, 1] + lab["clip"][0, 3] / 2 <= 1.0 + 1e-6
-    assert ds.shapes.tolist() == [[64, 48]] * 4
+    assert ds.shapes.tolist() == [[64, 48]] * 5
     loader, _ = create_dataloader(tmp_path / "images" / "train", 64, 2, 32, augment=True, shuffle=True, nc=2)
-    assert sum(len(b[0]) for b in loader) == 4  # iterating never meets a bad file
+    assert sum(len(b[0]) for b in loader) == 5  # iterating never meets a bad file
+    assert "(2 malformed label rows skipped)" in capsys.readouterr().out.splitlines()[-1]  # kept in the cache
 
 
 def test_class_id_beyond_nc_stops(tmp_path):
     img = _write_img(tmp_path / "images" / "x" / "a.jpg")
-    lab = _write_label(img, "0 0.5 0.5 0.2 0.2\n3 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(DatasetError, match=rf"{lab}.*class id 3 >= nc=2"):
-        YoloDataset(tmp_path / "images" / "x", img_size=64, nc=2)
+    lab = _write_label(img, "0 0.5 0.5 0.2 0.2\nbad row\n3 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=rf"^x: {lab}:3: class id 3 >= nc=2 .*fix nc/names") as e:
+        YoloDataset(tmp_path / "images" / "x", img_size=64, nc=2, prefix="x: ")
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+    assert len(str(e.value).splitlines()) == 1
     assert YoloDataset(tmp_path / "images" / "x", img_size=64, nc=4).n == 1
 
 

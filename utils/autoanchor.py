@@ -122,14 +122,14 @@ def kmeans(points: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 3
     return best, best_dist
 
 
-def _no_usable_labels(wh: np.ndarray, img_size: int) -> str:
-    """Why no label can seed anchors: there are none, or all are under _MIN_PIXELS at this image size."""
+def _no_usable_labels(wh: np.ndarray, img_size: int | None) -> str:
+    """Why no label can seed anchors: there are none, or all are under _MIN_PIXELS (at ``img_size``)."""
     if len(wh) == 0:
         return "the dataset has no labels to fit anchors to"
-    largest = float(wh.max()) if wh.size else 0.0
-    return (f"all {len(wh)} labels are smaller than {_MIN_PIXELS:g} pixels on both sides at image size "
-            f"{img_size} (largest side {largest:.2g} px), too small to fit anchors to; use a larger image "
-            f"size (--img) or check that the labels are normalised to [0, 1]")
+    at = f" at image size {img_size}" if img_size is not None else ""
+    fix = "use a larger image size (--img) or check" if img_size is not None else "check"
+    return (f"all {len(wh)} labels are smaller than {_MIN_PIXELS:g} pixels on both sides{at} (largest side "
+            f"{float(wh.max()):.2g} px), too small to fit anchors to; {fix} that the label sizes are right")
 
 
 def _sorted_by_area(k: np.ndarray) -> np.ndarray:
@@ -155,7 +155,8 @@ def kmean_anchors(wh_or_dataset: Any, n: int = 9, img_size: int = 640, thr: floa
     Deterministic for a given ``seed``.
     """
     rng = np.random.default_rng(seed)
-    if hasattr(wh_or_dataset, "labels") and hasattr(wh_or_dataset, "shapes"):
+    from_dataset = hasattr(wh_or_dataset, "labels") and hasattr(wh_or_dataset, "shapes")
+    if from_dataset:
         wh0 = label_wh(wh_or_dataset, img_size)
     else:
         wh0 = _as_wh(wh_or_dataset).double().numpy()
@@ -164,7 +165,7 @@ def kmean_anchors(wh_or_dataset: Any, n: int = 9, img_size: int = 640, thr: floa
         LOGGER.warning(f"{colorstr(_PREFIX)}{small} of {len(wh0)} labels are smaller than 3 pixels")
     wh = wh0[(wh0 >= _MIN_PIXELS).any(1)]
     if len(wh) == 0:
-        raise ValueError(f"kmean_anchors: {_no_usable_labels(wh0, img_size)}")
+        raise ValueError(f"kmean_anchors: {_no_usable_labels(wh0, img_size if from_dataset else None)}")
 
     sample = wh
     if len(wh) > _KMEANS_MAX_POINTS:

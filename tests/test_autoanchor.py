@@ -171,7 +171,8 @@ def test_check_anchors_without_labels():
 def test_tiny_labels_message_is_accurate():
     """Labels that exist but are under 2 pixels at this image size are not reported as 'no labels'."""
     ds = make_dataset(np.full((12, 2), 3.0), img=640)  # 3 px at 640 -> 0.15 px at 32
-    with pytest.raises(ValueError, match=r"all 12 labels are smaller than 2 pixels on both sides at image size 32 .*--img"):
+    with pytest.raises(ValueError, match=r"all 12 labels are smaller than 2 pixels on both sides at image size 32 "
+                                         r".*--img"):
         kmean_anchors(ds, n=3, img_size=32, gen=10, verbose=False)
     with pytest.raises(ValueError, match="has no labels"):
         kmean_anchors(np.zeros((0, 2)), n=3, verbose=False)

@@ -575,3 +575,13 @@ def test_stale_builtin_folder_is_rebuilt_with_test_split(tmp_path):
     assert _digests(root / "images" / "train") == before
     assert json.loads((root / ".complete.json").read_text())["n_test"] == 2
     assert not killed.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_synthetic_block_is_a_dataset_error(tmp_path):
+    y = tmp_path / "s.yaml"
+    y.write_text("path: gen\ntrain: images/train\nval: images/val\nnc: 5\nsynthetic:\n  n_train: 0\n")
+    with pytest.raises(DatasetError, match=r"s\.yaml: bad 'synthetic:' block .*n_train"):
+        load_data_config(y)
+    y.write_text("path: gen\ntrain: images/train\nval: images/val\nnc: 5\nsynthetic:\n  n_trian: 4\n")
+    with pytest.raises(DatasetError, match=r"s\.yaml: bad 'synthetic:' block .*unknown keys.*n_trian"):
+        load_data_config(y)

@@ -123,10 +123,10 @@ def _ensure_synthetic(p: Path, d: dict) -> None:
     """A description with a ``synthetic:`` block generates its data folder on first use."""
     rel = Path(str(d.get("path") or "."))
     try:
-        params = builtin_params(p)
-    except ValueError as e:
-        raise DatasetError(f"--data {p}: {e}") from e
-    ensure_builtin(rel if rel.is_absolute() else p.parent / rel, params)
+        ensure_builtin(rel if rel.is_absolute() else p.parent / rel, builtin_params(p))
+    except (ValueError, TypeError) as e:  # unknown keys, out-of-range or mistyped generation arguments
+        raise DatasetError(f"--data {p}: bad 'synthetic:' block ({e}); see utils/synthetic.py "
+                           f"make_shapes_dataset for its arguments") from e
 
 
 def _as_list(v) -> list[str]:

@@ -185,7 +185,8 @@ class YoloDataset(Dataset):
                 return np.load(npy)
         img = cv2.imread(self.img_files[i])  # BGR, EXIF orientation applied
         if img is None:
-            raise DatasetError(f"{self.img_files[i]}: could not be read (changed after the dataset scan?)")
+            raise DatasetError(f"{self.img_files[i]}: could not be read although it passed the dataset scan "
+                               f"(changed or removed since?); restore it or run again to rescan the dataset")
         return img
 
     def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:

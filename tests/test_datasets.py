@@ -585,3 +585,25 @@ def test_bad_synthetic_block_is_a_dataset_error(tmp_path):
     y.write_text("path: gen\ntrain: images/train\nval: images/val\nnc: 5\nsynthetic:\n  n_trian: 4\n")
     with pytest.raises(DatasetError, match=r"s\.yaml: bad 'synthetic:' block .*unknown keys.*n_trian"):
         load_data_config(y)
+
+
+def test_cache_written_atomically_and_stale_temps_removed(tmp_path):
+    """The label cache goes through utils.fileio: a killed writer's temporary file is removed on the next scan."""
+    _tiny_dataset(tmp_path, n_train=2)
+    labels = tmp_path / "labels"
+    labels.mkdir(exist_ok=True)
+    stale = labels / ".train.cache.999999999.0123abcd.tmp"  # left by a writer that no longer runs
+    stale.write_bytes(b"half a cache")
+    YoloDataset(tmp_path / "images" / "train", img_size=64, verbose=False)
+    assert (labels / "train.cache").is_file() and not stale.exists()
+    assert not [p for p in labels.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_image_cache(tmp_path):
+    src = _tiny_dataset(tmp_path, n_train=2) / "images" / "train"
+    ds = YoloDataset(src, img_size=64, cache="disk", verbose=False)
+    for f in ds.img_files:
+        npy = Path(f).with_suffix(".npy")
+        assert np.array_equal(np.load(npy), cv2.imread(f))
+    assert not [p for p in src.iterdir() if p.name.endswith(".tmp")]
+    assert torch.equal(ds[0][0], YoloDataset(src, img_size=64, verbose=False)[0][0])

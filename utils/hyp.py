@@ -1,7 +1,8 @@
 """Training and augmentation hyperparameters (``--hyp``): a flat yaml of numbers.
 
 The default, data/hyps/hyp.scratch-low.yaml, holds upstream YOLOv5 v6.2's values so results stay
-comparable with upstream's; data/hyps/hyp.finetune.yaml is the gentler set used after pruning.
+comparable with upstream's; data/hyps/hyp.finetune.yaml is the gentler set for continuing from trained
+weights (sparsity training, finetuning a pruned model).
 """
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def test_kmean_anchors_edge_cases():
     few = np.tile([[30.0, 40.0], [60.0, 20.0]], (10, 1))  # only 2 distinct sizes for 9 anchors
     k = kmean_anchors(few, n=9, gen=200, seed=0, verbose=False)
     assert k.shape == (9, 2) and best_possible_recall(few, k)[0] == 1.0
-    with pytest.raises(ValueError, match="no label"):
+    with pytest.raises(ValueError, match=r"all 5 labels are smaller than 2 pixels on both sides \(largest side 1 px"):
         kmean_anchors(np.full((5, 2), 1.0), n=3, verbose=False)
 
 
@@ -165,4 +165,28 @@ def test_check_anchors_without_labels():
     model = build_model("models/yolov5n.yaml", nc=1)
     before = anchors_of(model)
     assert check_anchors(ds, model) is False
+    assert np.array_equal(anchors_of(model), before)
+
+
+def test_tiny_labels_message_is_accurate():
+    """Labels that exist but are under 2 pixels at this image size are not reported as 'no labels'."""
+    ds = make_dataset(np.full((12, 2), 3.0), img=640)  # 3 px at 640 -> 0.15 px at 32
+    with pytest.raises(ValueError, match=r"all 12 labels are smaller than 2 pixels on both sides at image size 32 "
+                                         r".*--img"):
+        kmean_anchors(ds, n=3, img_size=32, gen=10, verbose=False)
+    with pytest.raises(ValueError, match="has no labels"):
+        kmean_anchors(np.zeros((0, 2)), n=3, verbose=False)
+    with pytest.raises(ValueError, match="img_size must be at least 1"):
+        kmean_anchors(ds, n=3, img_size=0, verbose=False)
+    with pytest.raises(ValueError, match="img_size must be at least 1"):
+        check_anchors(ds, build_model("models/yolov5n.yaml", nc=1), img_size=0)
+
+
+def test_check_anchors_with_only_tiny_labels_keeps_anchors(caplog):
+    ds = make_dataset(np.full((12, 2), 3.0), img=640)
+    model = build_model("models/yolov5n.yaml", nc=1)
+    before = anchors_of(model)
+    with caplog.at_level("WARNING", logger="yolov5-prune"):
+        assert check_anchors(ds, model, img_size=32) is False
+    assert "smaller than 2 pixels" in caplog.text and "anchors left unchanged" in caplog.text
     assert np.array_equal(anchors_of(model), before)

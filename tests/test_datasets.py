@@ -1,6 +1,8 @@
 """Dataset descriptions, label verification and cache, augmentation invariants, loader determinism, built-in data."""
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from pathlib import Path
 
@@ -11,9 +13,13 @@ import torch
 
 from utils import datasets as D
 from utils.augment import letterbox, random_perspective
-from utils.datasets import (DatasetError, YoloDataset, create_dataloader, img2label_paths, load_data_config,
-                            parse_label_text)
-from utils.synthetic import ensure_builtin, make_shapes_dataset
+from utils.dataconfig import DatasetError, list_image_files, load_data_config
+from utils.datasets import YoloDataset, create_dataloader
+from utils.errors import UserError, describe_error
+from utils.fileio import temp_name
+from utils.hyp import HypError, load_hyp
+from utils.labels import img2label_paths, parse_label_text
+from utils.synthetic import BUILTIN_DATA, ensure_builtin, make_shapes_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +107,7 @@ def test_darknet_data(tmp_path, monkeypatch):
     cfg = load_data_config("x.data")
     assert cfg.nc == 2 and cfg.names == ["cat", "dog"] and cfg.test is None
     assert cfg.extra == {"backup": "backup/", "eval": "coco"}
-    files = D.list_image_files(cfg.train) + D.list_image_files(cfg.val)
+    files = list_image_files(cfg.train) + list_image_files(cfg.val)
     assert len(files) == 5 and all(Path(f).is_file() for f in files)
     monkeypatch.chdir(ROOT)  # relative entries are also found next to the .data file
     assert load_data_config(d).nc == 2
@@ -132,29 +138,44 @@ def test_img2label_paths():
 
 # ----------------------------------------------------------------------------- verification
 def test_parse_label_text_repairs():
-    lab, notes = parse_label_text("0 0.5 0.5 0.2 0.2\n\n1 1.003 0.5 0.012 0.2\n2 1.5 0.5 0.2 0.2\n"
-                                  "0 0.5 0.5 0.2 0.2\n3 0.995 0.5 0.5 0.2\n4 0.5 0.5 0 0.2\n")
+    lab, notes, skipped, rows = parse_label_text("0 0.5 0.5 0.2 0.2\n\n1 1.003 0.5 0.012 0.2\n2 1.5 0.5 0.2 0.2\n"
+                                                 "0 0.5 0.5 0.2 0.2\n3 0.995 0.5 0.5 0.2\n4 0.5 0.5 0 0.2\n")
     # row 2 clipped (slightly out), row 3 dropped (far out), row 4 a duplicate, row 5 edge-clipped silently,
     # row 6 zero width dropped
-    assert lab.dtype == np.float32 and lab.shape == (3, 5)
+    assert lab.dtype == np.float32 and lab.shape == (3, 5) and skipped == [] and rows == 6
     assert lab[:, 0].tolist() == [0, 1, 3]
     assert np.all(lab[:, 1:] >= 0) and np.all(lab[:, 1:3] + lab[:, 3:5] / 2 <= 1 + 1e-6)
     np.testing.assert_allclose(lab[2, 1:], [0.8725, 0.5, 0.255, 0.2], atol=1e-5)  # (0.745..1.0) box
     text = " ".join(notes)
     assert "1 box(es) slightly outside" in text and "2 invalid box(es) dropped" in text
     assert "1 duplicate" in text and "line 4, 7" in text
-    for bad in ("0 0.5 0.5 0.2\n", "0 0.5 0.5 0.2 0.2 0.1\n", "a 0.5 0.5 0.2 0.2\n", "-1 0.5 0.5 0.2 0.2\n",
-                "0.5 0.5 0.5 0.2 0.2\n", "0 nan 0.5 0.2 0.2\n"):
-        with pytest.raises(ValueError, match="line 1"):
-            parse_label_text(bad)
+
+
+@pytest.mark.parametrize("bad, why", [("0 0.5 0.5 0.2", "expected 5 numbers"),
+                                      ("0 0.5 0.5 0.2 0.2 0.1", "expected 5 numbers"),
+                                      ("a 0.5 0.5 0.2 0.2", "not numbers"),
+                                      ("-1 0.5 0.5 0.2 0.2", "class must be a non-negative integer"),
+                                      ("0.5 0.5 0.5 0.2 0.2", "class must be a non-negative integer"),
+                                      ("0 nan 0.5 0.2 0.2", "non-finite")])
+def test_malformed_row_skipped_good_rows_kept(bad, why):
+    """A malformed row is skipped on its own (named by line and reason); the file's good boxes stay."""
+    good = "1 0.3 0.3 0.1 0.1"
+    lab, notes, skipped, rows = parse_label_text(f"0 0.5 0.5 0.2 0.2\n{bad}\n\n{good}\n{bad}\n")
+    assert lab.shape == (2, 5) and lab[:, 0].tolist() == [0, 1] and skipped == [2, 5] and rows == 4
+    np.testing.assert_allclose(lab[1], [1, 0.3, 0.3, 0.1, 0.1], atol=1e-7)
+    assert len(notes) == 1 and "2 malformed row(s) skipped" in notes[0]
+    assert f"line 2 ({why}" in notes[0] and f"line 5 ({why}" in notes[0]
+    lab, notes, skipped, rows = parse_label_text(bad + "\n")  # nothing well formed: no boxes, all skipped
+    assert lab.shape == (0, 5) and skipped == [1] and rows == 1
 
 
 def _bad_files_dataset(root: Path) -> dict[str, Path]:
     img = root / "images" / "train"
     files = {k: _write_img(img / f"{k}.jpg", seed=i) for i, k in enumerate(
-        ("good", "background", "badrow", "clip", "dup", "truncated", "cutpng"))}
+        ("good", "background", "badrow", "allbad", "clip", "dup", "truncated", "cutpng"))}
     _write_label(files["good"], "0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n")
-    _write_label(files["badrow"], "0 0.5 0.5 0.2 0.2\n1 0.5 0.5\n")
+    _write_label(files["badrow"], "0 0.5 0.5 0.2 0.2\n1 0.5 0.5\n1 0.3 0.3 0.1 0.1\nbox 0.5 0.5 0.1 0.1\n")
+    _write_label(files["allbad"], "1 0.5 0.5\nbox 0.5 0.5 0.1 0.1\n")
     _write_label(files["clip"], "0 1.003 0.5 0.012 0.2\n1 2.0 0.5 0.2 0.2\n")
     _write_label(files["dup"], "0 0.5 0.5 0.2 0.2\n0 0.5 0.5 0.2 0.2\n")
     data = files["truncated"].read_bytes()
@@ -174,30 +195,39 @@ def test_bad_files_skipped_with_one_warning_each(tmp_path, capsys):
     ds = YoloDataset(tmp_path / "images" / "train", img_size=64, nc=2, prefix="t: ")
     out = capsys.readouterr().out.splitlines()
     names = sorted(Path(f).stem for f in ds.img_files)
-    assert names == ["background", "clip", "dup", "good"]
+    assert names == ["background", "badrow", "clip", "dup", "good"]
     warnings = [line for line in out if "WARNING" in line]
-    for key in ("badrow", "clip", "dup", "truncated", "zero", "cutpng"):
+    for key in ("badrow", "allbad", "clip", "dup", "truncated", "zero", "cutpng"):
         assert sum(str(files[key]) in line for line in warnings) == 1, key
-    assert len(warnings) == 6
+    assert len(warnings) == 7
     assert any("truncated" in w and str(files["truncated"]) in w for w in warnings)
     assert any("empty file" in w and str(files["zero"]) in w for w in warnings)
-    assert any("expected 5 numbers" in w for w in warnings)
+    badrow = next(w for w in warnings if str(files["badrow"]) in w)
+    assert img2label_paths([files["badrow"]])[0] in badrow and "2 malformed row(s) skipped" in badrow
+    assert "line 2 (expected 5 numbers" in badrow and "line 4 (not numbers" in badrow
+    allbad = next(w for w in warnings if str(files["allbad"]) in w)
+    assert "image skipped" in allbad and "no well-formed row" in allbad and "line 1" in allbad
     summary = out[-1]
-    assert "8 images" in summary and "4 skipped as corrupt" in summary and "2 repaired" in summary
-    assert "1 without label file" in summary
+    assert "9 images" in summary and "4 skipped as corrupt" in summary and "3 repaired" in summary
+    assert "1 without label file" in summary and "(2 malformed label rows skipped)" in summary
+    assert "4 labelled (6 boxes)" in summary
     lab = {Path(f).stem: l for f, l in zip(ds.img_files, ds.labels)}
     assert lab["background"].shape == (0, 5) and lab["dup"].shape == (1, 5) and lab["good"].shape == (2, 5)
+    assert lab["badrow"][:, 0].tolist() == [0, 1]  # the good boxes of a file with bad rows are kept
     assert lab["clip"].shape == (1, 5) and lab["clip"][0, 1] + lab["clip"][0, 3] / 2 <= 1.0 + 1e-6
-    assert ds.shapes.tolist() == [[64, 48]] * 4
+    assert ds.shapes.tolist() == [[64, 48]] * 5
     loader, _ = create_dataloader(tmp_path / "images" / "train", 64, 2, 32, augment=True, shuffle=True, nc=2)
-    assert sum(len(b[0]) for b in loader) == 4  # iterating never meets a bad file
+    assert sum(len(b[0]) for b in loader) == 5  # iterating never meets a bad file
+    assert "(2 malformed label rows skipped)" in capsys.readouterr().out.splitlines()[-1]  # kept in the cache
 
 
 def test_class_id_beyond_nc_stops(tmp_path):
     img = _write_img(tmp_path / "images" / "x" / "a.jpg")
-    lab = _write_label(img, "0 0.5 0.5 0.2 0.2\n3 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(DatasetError, match=rf"{lab}.*class id 3 >= nc=2"):
-        YoloDataset(tmp_path / "images" / "x", img_size=64, nc=2)
+    lab = _write_label(img, "0 0.5 0.5 0.2 0.2\nbad row\n3 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match=rf"^x: {lab}:3: class id 3 >= nc=2 .*fix nc/names") as e:
+        YoloDataset(tmp_path / "images" / "x", img_size=64, nc=2, prefix="x: ")
+    assert isinstance(e.value, UserError) and isinstance(e.value, ValueError)
+    assert len(str(e.value).splitlines()) == 1
     assert YoloDataset(tmp_path / "images" / "x", img_size=64, nc=4).n == 1
 
 
@@ -230,11 +260,11 @@ def test_unwritable_cache_does_not_crash(tmp_path, monkeypatch, capsys):
     def refuse(*a, **k):
         raise PermissionError("read-only file system")
 
-    monkeypatch.setattr(D.np, "savez", refuse)
+    monkeypatch.setattr(np, "savez", refuse)
     ds = YoloDataset(tmp_path / "images" / "train", img_size=64)
     assert ds.n == 2 and not (tmp_path / "labels" / "train.cache").exists()
     assert "cache not written" in capsys.readouterr().out
-    assert not list((tmp_path / "labels").glob("*.tmp"))
+    assert not [p for p in (tmp_path / "labels").iterdir() if p.name.endswith(".tmp")]
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -282,7 +312,7 @@ def _squares_dataset(root: Path, n: int = 4, size: int = 96) -> Path:
 
 def test_mosaic_affine_targets_follow_content(tmp_path):
     src = _squares_dataset(tmp_path)
-    hyp = D.load_hyp()
+    hyp = load_hyp()
     hyp.update(hsv_h=0, hsv_s=0, hsv_v=0, flipud=0.5, fliplr=0.5, mosaic=1.0, degrees=0, shear=0)
     ds = YoloDataset(src, img_size=64, augment=True, hyp=hyp, seed=3)
     n_boxes = 0
@@ -401,4 +431,179 @@ def test_builtin_descriptions_agree():
     """data/builtin.yaml and data/builtin.data describe the same generated data (generated if missing)."""
     y, d = load_data_config(None), load_data_config(ROOT / "data" / "builtin.data")
     assert y.names == d.names and y.nc == d.nc == 5
-    assert sorted(D.list_image_files(y.val)) == sorted(D.list_image_files(d.val))
+    assert sorted(list_image_files(y.val)) == sorted(list_image_files(d.val))
+
+
+# ----------------------------------------------------------------------------- package layout
+def test_old_names_still_importable_from_datasets():
+    """Modules that imported from utils.datasets before the split get the same objects from the new homes."""
+    from utils import dataconfig, hyp, labels
+    homes = {"DataConfig": dataconfig, "DatasetError": dataconfig, "load_data_config": dataconfig,
+             "list_image_files": dataconfig, "IMG_FORMATS": dataconfig, "load_hyp": hyp, "DEFAULT_HYP": hyp,
+             "img2label_paths": labels, "verify_image": labels, "parse_label_text": labels}
+    for name, home in homes.items():
+        assert getattr(D, name) is getattr(home, name), name
+        assert name in D.__all__
+
+
+def test_dataset_error_is_one_user_sentence(tmp_path):
+    e = DatasetError("x.yaml: something; do this")
+    assert isinstance(e, UserError) and isinstance(e, ValueError)
+    assert describe_error(e) == "x.yaml: something; do this"
+    with pytest.raises(DatasetError, match=r"nope\.yaml: dataset description not found; --data takes"):
+        load_data_config(tmp_path / "nope.yaml")
+    with pytest.raises(DatasetError, match=r"missing.*does not exist; a dataset split is an image folder"):
+        list_image_files(tmp_path / "missing")
+    bad_list = tmp_path / "list.txt"
+    bad_list.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DatasetError, match=r"list\.txt: not a text image list"):
+        list_image_files(bad_list)
+
+
+def test_hyp_errors_name_the_file(tmp_path):
+    assert load_hyp()["lr0"] == pytest.approx(0.01)
+    bad = tmp_path / "h.yaml"
+    bad.write_text("lr0: [0.01\n")
+    with pytest.raises(HypError, match=r"--hyp .*h\.yaml: not a valid yaml file"):
+        load_hyp(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(HypError, match=r"h\.yaml: expected 'name: number' lines"):
+        load_hyp(bad)
+    bad.write_text("lr0: fast\n")
+    with pytest.raises(ValueError, match=r"h\.yaml: values must be numbers.*lr0"):
+        load_hyp(bad)
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml: hyperparameter file not found"):
+        load_hyp(tmp_path / "missing.yaml")
+
+
+# ----------------------------------------------------------------------------- splits without labels
+def _images_only(root: Path, n: int = 3) -> Path:
+    for i in range(n):
+        _write_img(root / "images" / "train" / f"{i}.jpg", seed=i)
+    return root / "images" / "train"
+
+
+def test_split_without_label_files_refused(tmp_path, capsys):
+    src = _images_only(tmp_path)
+    with pytest.raises(DatasetError) as e:
+        create_dataloader(src, 64, 2, 32, augment=True, prefix="train: ")
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and msg.startswith("train: the train split")
+    assert "not one label file found" in msg and str(tmp_path / "labels" / "train") in msg
+    assert "--allow-unlabelled" in msg
+    loader, ds = create_dataloader(src, 64, 2, 32, augment=True, prefix="train: ", allow_unlabelled=True)
+    out = capsys.readouterr().out
+    assert "WARNING the train split" in out and "background only (--allow-unlabelled)" in out
+    assert ds.n == 3 and sum(len(t) for _, t, _, _ in loader) == 0
+
+
+def test_split_with_only_empty_label_files_refused(tmp_path):
+    src = _images_only(tmp_path)
+    for i in range(3):
+        _write_label(src / f"{i}.jpg", "")
+    with pytest.raises(DatasetError, match=r"^val: the val split .*all 3 label files found .* are empty.*"
+                                           r"--allow-unlabelled"):
+        YoloDataset(src, img_size=64, prefix="val: ")
+    _write_label(src / "1.jpg", "0 0.5 0.5 0.2 0.2\n")  # one box makes the others legitimate backgrounds
+    ds = YoloDataset(src, img_size=64, prefix="val: ")
+    assert [len(lab) for lab in ds.labels] == [0, 1, 0]
+
+
+def test_boxes_all_dropped_counts_as_unlabelled(tmp_path):
+    """Label files whose only rows are unusable (far outside the image) leave the split without a box."""
+    src = _images_only(tmp_path, n=2)
+    for i in range(2):
+        _write_label(src / f"{i}.jpg", "0 3.0 0.5 0.2 0.2\n")
+    with pytest.raises(DatasetError, match="no usable box"):
+        YoloDataset(src, img_size=64)
+    assert YoloDataset(src, img_size=64, allow_unlabelled=True, verbose=False).n == 2
+
+
+# ----------------------------------------------------------------------------- held-out test split
+def _digests(folder: Path) -> dict[str, str]:
+    return {hashlib.sha256(p.read_bytes()).hexdigest(): p.name for p in sorted(folder.iterdir())}
+
+
+def test_shapes_dataset_test_split_is_held_out(tmp_path):
+    a = make_shapes_dataset(tmp_path / "a", n_train=12, n_val=4, img_size=64, seed=1, n_test=5)
+    b = make_shapes_dataset(tmp_path / "b", n_train=12, n_val=4, img_size=64, seed=1)  # no test split
+    images = {s: _digests(a / "images" / s) for s in ("train", "val", "test")}
+    assert [len(images[s]) for s in ("train", "val", "test")] == [12, 4, 5]  # no duplicate inside a split
+    assert not set(images["test"]) & (set(images["train"]) | set(images["val"]))
+    assert len((a / "test.txt").read_text().splitlines()) == 5 and not (b / "images" / "test").exists()
+    for split in ("train", "val"):  # adding a test split leaves train and val byte for byte the same
+        for kind in ("images", "labels"):
+            assert _digests(a / kind / split) == _digests(b / kind / split)
+    ca, cb = load_data_config(a), load_data_config(b)
+    assert ca.test == [(a / "images" / "test").resolve()] and cb.test is None
+    assert YoloDataset(ca.test, img_size=64, nc=ca.nc, verbose=False).n == 5
+
+
+def test_builtin_test_split_declared_in_both_formats():
+    y, d = load_data_config(None), load_data_config(BUILTIN_DATA)
+    ty, td = sorted(list_image_files(y.test)), sorted(list_image_files(d.test))
+    assert len(ty) == 150 and ty == td
+    held = {hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in ty}
+    seen = {hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in list_image_files(y.train + y.val)}
+    assert len(held) == 150 and not held & seen
+    assert len(list_image_files(y.train)) == 600 and len(list_image_files(y.val)) == 150
+
+
+def test_darknet_test_key(tmp_path, monkeypatch):
+    _tiny_dataset(tmp_path)
+    (tmp_path / "t.txt").write_text("./images/val/0.jpg\n")
+    (tmp_path / "x.data").write_text("classes=2\ntrain=images/train\nvalid=images/val\ntest=t.txt\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load_data_config("x.data")
+    assert cfg.test == [(tmp_path / "t.txt").resolve()] and list_image_files(cfg.test) == \
+        [str(tmp_path / "images" / "val" / "0.jpg")]
+    (tmp_path / "y.data").write_text("classes=2\ntrain=images/train\nvalid=images/val\ntest=nowhere.txt\n")
+    with pytest.raises(DatasetError, match=r"y\.data: test=nowhere\.txt not found"):
+        load_data_config("y.data")
+
+
+def test_stale_builtin_folder_is_rebuilt_with_test_split(tmp_path):
+    """A folder from the generator before the test split (format version 1) is regenerated on use."""
+    params = dict(n_train=3, n_val=2, img_size=64, seed=0)
+    old = make_shapes_dataset(tmp_path / "bi", **params)
+    (old / ".complete.json").write_text(json.dumps({"version": 1, **params}))
+    before = _digests(old / "images" / "train")
+    killed = temp_name(tmp_path / "bi").with_name(".bi.999999999.0123abcd.tmp")  # left by a dead process
+    killed.mkdir()
+    root = ensure_builtin(tmp_path / "bi", dict(params, n_test=2))
+    assert len(list((root / "images" / "test").iterdir())) == 2
+    assert _digests(root / "images" / "train") == before
+    assert json.loads((root / ".complete.json").read_text())["n_test"] == 2
+    assert not killed.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_bad_synthetic_block_is_a_dataset_error(tmp_path):
+    y = tmp_path / "s.yaml"
+    y.write_text("path: gen\ntrain: images/train\nval: images/val\nnc: 5\nsynthetic:\n  n_train: 0\n")
+    with pytest.raises(DatasetError, match=r"s\.yaml: bad 'synthetic:' block .*n_train"):
+        load_data_config(y)
+    y.write_text("path: gen\ntrain: images/train\nval: images/val\nnc: 5\nsynthetic:\n  n_trian: 4\n")
+    with pytest.raises(DatasetError, match=r"s\.yaml: bad 'synthetic:' block .*unknown keys.*n_trian"):
+        load_data_config(y)
+
+
+def test_cache_written_atomically_and_stale_temps_removed(tmp_path):
+    """The label cache goes through utils.fileio: a killed writer's temporary file is removed on the next scan."""
+    _tiny_dataset(tmp_path, n_train=2)
+    labels = tmp_path / "labels"
+    labels.mkdir(exist_ok=True)
+    stale = labels / ".train.cache.999999999.0123abcd.tmp"  # left by a writer that no longer runs
+    stale.write_bytes(b"half a cache")
+    YoloDataset(tmp_path / "images" / "train", img_size=64, verbose=False)
+    assert (labels / "train.cache").is_file() and not stale.exists()
+    assert not [p for p in labels.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_image_cache(tmp_path):
+    src = _tiny_dataset(tmp_path, n_train=2) / "images" / "train"
+    ds = YoloDataset(src, img_size=64, cache="disk", verbose=False)
+    for f in ds.img_files:
+        npy = Path(f).with_suffix(".npy")
+        assert np.array_equal(np.load(npy), cv2.imread(f))
+    assert not [p for p in src.iterdir() if p.name.endswith(".tmp")]
+    assert torch.equal(ds[0][0], YoloDataset(src, img_size=64, verbose=False)[0][0])

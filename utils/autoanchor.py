@@ -38,6 +38,8 @@ def label_wh(dataset: Any, img_size: int, rng: np.random.Generator | None = None
     (cls, x, y, w, h normalised). With ``rng`` each image is also scaled by a random factor in
     ``scale_range``, as the scale augmentation does during training.
     """
+    if not img_size >= 1:
+        raise ValueError(f"label_wh: img_size must be at least 1 pixel, got {img_size}")
     shapes = np.asarray(dataset.shapes, dtype=np.float64).reshape(-1, 2)
     labels = list(dataset.labels)
     if len(labels) != len(shapes):
@@ -120,6 +122,16 @@ def kmeans(points: np.ndarray, k: int, rng: np.random.Generator, n_init: int = 3
     return best, best_dist
 
 
+def _no_usable_labels(wh: np.ndarray, img_size: int | None) -> str:
+    """Why no label can seed anchors: there are none, or all are under _MIN_PIXELS (at ``img_size``)."""
+    if len(wh) == 0:
+        return "the dataset has no labels to fit anchors to"
+    at = f" at image size {img_size}" if img_size is not None else ""
+    fix = "use a larger image size (--img) or check" if img_size is not None else "check"
+    return (f"all {len(wh)} labels are smaller than {_MIN_PIXELS:g} pixels on both sides{at} (largest side "
+            f"{float(wh.max()):.2g} px), too small to fit anchors to; {fix} that the label sizes are right")
+
+
 def _sorted_by_area(k: np.ndarray) -> np.ndarray:
     return k[np.argsort(k.prod(1), kind="stable")]
 
@@ -143,7 +155,8 @@ def kmean_anchors(wh_or_dataset: Any, n: int = 9, img_size: int = 640, thr: floa
     Deterministic for a given ``seed``.
     """
     rng = np.random.default_rng(seed)
-    if hasattr(wh_or_dataset, "labels") and hasattr(wh_or_dataset, "shapes"):
+    from_dataset = hasattr(wh_or_dataset, "labels") and hasattr(wh_or_dataset, "shapes")
+    if from_dataset:
         wh0 = label_wh(wh_or_dataset, img_size)
     else:
         wh0 = _as_wh(wh_or_dataset).double().numpy()
@@ -152,7 +165,7 @@ def kmean_anchors(wh_or_dataset: Any, n: int = 9, img_size: int = 640, thr: floa
         LOGGER.warning(f"{colorstr(_PREFIX)}{small} of {len(wh0)} labels are smaller than 3 pixels")
     wh = wh0[(wh0 >= _MIN_PIXELS).any(1)]
     if len(wh) == 0:
-        raise ValueError(f"kmean_anchors: no label of at least {_MIN_PIXELS:g} pixels to fit anchors to")
+        raise ValueError(f"kmean_anchors: {_no_usable_labels(wh0, img_size if from_dataset else None)}")
 
     sample = wh
     if len(wh) > _KMEANS_MAX_POINTS:
@@ -211,8 +224,8 @@ def check_anchors(dataset: Any, model: torch.nn.Module, thr: float = 4.0, img_si
     model = model.module if hasattr(model, "module") and hasattr(model.module, "yolo_layers") else model
     rng = np.random.default_rng(seed)
     wh = torch.from_numpy(label_wh(dataset, img_size, rng)).float()
-    if len(wh) == 0:
-        LOGGER.warning(f"{colorstr(_PREFIX)}the dataset has no labels; anchors left unchanged")
+    if not bool((wh >= _MIN_PIXELS).any()):
+        LOGGER.warning(f"{colorstr(_PREFIX)}{_no_usable_labels(wh.numpy(), img_size)}; anchors left unchanged")
         return False
     layers = model.yolo_layers
     current = torch.cat([m.anchors.detach().float().cpu() for m in layers])  # (total, 2) pixels

@@ -19,14 +19,23 @@ import cv2
 import numpy as np
 import yaml
 
-__all__ = ["CLASS_NAMES", "make_shapes_dataset", "ensure_builtin", "BUILTIN_YAML"]
+from utils.fileio import remove_stale_temps, temp_name
+
+__all__ = ["CLASS_NAMES", "make_shapes_dataset", "ensure_builtin", "builtin_params", "render_image",
+           "BUILTIN_YAML", "BUILTIN_DATA"]
 
 CLASS_NAMES = ("circle", "rectangle", "triangle", "cross", "ring")
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 BUILTIN_YAML = DATA_DIR / "builtin.yaml"
+BUILTIN_DATA = DATA_DIR / "builtin.data"
 _MARKER = ".complete.json"  # written last: its presence means the folder is whole
-_FORMAT_VERSION = 1  # bump when the drawing changes, so old folders are regenerated
-_SPLITS = ("train", "val")
+# Bump when the drawing or the folder layout changes, so old folders are regenerated.
+# 2: a held-out test split (train/val files unchanged).
+_FORMAT_VERSION = 2
+# Each image's generator is seeded with (seed, split id, index): the split id keeps the splits' images
+# apart. Append new splits; never reorder, or existing splits would change.
+_SPLITS = ("train", "val", "test")
+_PARAM_KEYS = ("n_train", "n_val", "n_test", "img_size", "seed", "max_objects", "min_size", "max_size")
 
 
 # --------------------------------------------------------------------------- shapes
@@ -214,32 +223,39 @@ def _write_one(root: Path, split: str, split_id: int, index: int, seed: int, img
     return f"./images/{split}/{name}.jpg"
 
 
-def make_shapes_dataset(root: str | Path, n_train: int = 600, n_val: int = 150, img_size: int = 256,
-                        seed: int = 0, max_objects: int = 6, min_size: float = 0.10, max_size: float = 0.45,
-                        workers: int = 2) -> Path:
-    """Write a synthetic detection dataset under ``root`` and return ``root``.
-
-    Layout: images/{train,val}/*.jpg, labels/{train,val}/*.txt (YOLO rows), train.txt and val.txt image
-    lists, and dataset.yaml (``load_data_config(root)`` reads it). min_size/max_size bound an object's
-    longer box side as a fraction of the image side. The output depends only on the arguments.
-    """
-    root = Path(root)
-    if n_train < 1 or n_val < 1 or img_size < 32:
-        raise ValueError(f"make_shapes_dataset: need n_train, n_val >= 1 and img_size >= 32, "
-                         f"got {n_train}, {n_val}, {img_size}")
+def _check_args(n_train: int, n_val: int, n_test: int, img_size: int, min_size: float, max_size: float) -> None:
+    if n_train < 1 or n_val < 1 or n_test < 0 or img_size < 32:
+        raise ValueError(f"make_shapes_dataset: need n_train, n_val >= 1, n_test >= 0 and img_size >= 32, "
+                         f"got {n_train}, {n_val}, {n_test}, {img_size}")
     if not 0 < min_size <= max_size <= 0.9:
         raise ValueError(f"make_shapes_dataset: need 0 < min_size <= max_size <= 0.9, got {min_size}, {max_size}")
-    for split in _SPLITS:
+
+
+def make_shapes_dataset(root: str | Path, n_train: int = 600, n_val: int = 150, img_size: int = 256,
+                        seed: int = 0, max_objects: int = 6, min_size: float = 0.10, max_size: float = 0.45,
+                        workers: int = 2, n_test: int = 0) -> Path:
+    """Write a synthetic detection dataset under ``root`` and return ``root``.
+
+    Layout: images/<split>/*.jpg, labels/<split>/*.txt (YOLO rows), <split>.txt image lists for the splits
+    train, val and (when ``n_test`` > 0) a held-out test split, and dataset.yaml (``load_data_config(root)``
+    reads it). Image i of a split is drawn from a generator seeded with (seed, split id, i), so the splits
+    never share an image and adding a test split leaves train and val unchanged. min_size/max_size bound
+    an object's longer box side as a fraction of the image side. The output depends only on the arguments.
+    """
+    root = Path(root)
+    _check_args(n_train, n_val, n_test, img_size, min_size, max_size)
+    counts = dict(zip(_SPLITS, (n_train, n_val, n_test)))
+    splits = [k for k in _SPLITS if counts[k]]
+    for split in splits:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "labels" / split).mkdir(parents=True, exist_ok=True)
     kwargs = dict(max_objects=max_objects, min_size=min_size, max_size=max_size)
-    jobs = [(split, sid, i) for sid, (split, n) in enumerate(zip(_SPLITS, (n_train, n_val))) for i in range(n)]
+    jobs = [(split, _SPLITS.index(split), i) for split in splits for i in range(counts[split])]
     with ThreadPoolExecutor(max(1, workers)) as pool:  # cv2 and numpy release the GIL
         lines = list(pool.map(lambda j: _write_one(root, j[0], j[1], j[2], seed, img_size, kwargs), jobs))
-    for split in _SPLITS:
+    for split in splits:
         (root / f"{split}.txt").write_text("".join(f"{x}\n" for x in lines if x.startswith(f"./images/{split}/")))
-    desc = {"path": ".", "train": "images/train", "val": "images/val", "nc": len(CLASS_NAMES),
-            "names": list(CLASS_NAMES)}
+    desc = {"path": ".", **{k: f"images/{k}" for k in splits}, "nc": len(CLASS_NAMES), "names": list(CLASS_NAMES)}
     (root / "dataset.yaml").write_text("# synthetic shapes (utils/synthetic.py); paths relative to this folder\n"
                                        + yaml.safe_dump(desc, sort_keys=False, default_flow_style=None))
     return root
@@ -247,14 +263,14 @@ def make_shapes_dataset(root: str | Path, n_train: int = 600, n_val: int = 150, 
 
 # --------------------------------------------------------------------------- the built-in copy
 def builtin_params(yaml_path: str | Path = BUILTIN_YAML) -> dict:
-    """Generation arguments from the ``synthetic:`` block of the built-in description (defaults if absent)."""
-    params = dict(n_train=600, n_val=150, img_size=256, seed=0)
+    """Generation arguments from the ``synthetic:`` block of a description (the built-in's defaults if absent)."""
+    params = dict(n_train=600, n_val=150, n_test=150, img_size=256, seed=0)
     path = Path(yaml_path)
     if path.is_file():
         block = (yaml.safe_load(path.read_text()) or {}).get("synthetic") or {}
-        unknown = set(block) - {"n_train", "n_val", "img_size", "seed", "max_objects", "min_size", "max_size"}
+        unknown = set(block) - set(_PARAM_KEYS)
         if unknown:
-            raise ValueError(f"{path}: unknown keys in 'synthetic': {sorted(unknown)}")
+            raise ValueError(f"{path}: unknown keys in 'synthetic': {sorted(unknown)}; known: {list(_PARAM_KEYS)}")
         params.update(block)
     return params
 
@@ -266,38 +282,50 @@ def _folder_ok(root: Path, stamp: dict) -> bool:
         return False
 
 
+def _builtin_root() -> Path:
+    """data/builtin, or the folder the ``path`` of data/builtin.yaml names (relative to data/)."""
+    root = Path("builtin")
+    if BUILTIN_YAML.is_file():
+        root = Path(yaml.safe_load(BUILTIN_YAML.read_text()).get("path", "builtin"))
+    return root if root.is_absolute() else DATA_DIR / root
+
+
 def ensure_builtin(root: str | Path | None = None, params: dict | None = None) -> Path:
     """Path of the built-in dataset folder (``data/builtin`` unless ``root``), generated on first use.
 
-    A complete folder carries a marker with its generation arguments; a folder without it (interrupted) or
-    with other arguments is rebuilt. Generation happens in a temporary sibling that is renamed into place,
-    so concurrent processes (DDP ranks, parallel tests) never see a half-written dataset.
+    A complete folder carries a marker with its generation arguments and the generator's format version; a
+    folder without it (interrupted), with other arguments or from an older generator (e.g. one without the
+    test split) is rebuilt. Generation happens in a temporary sibling (named as utils.fileio names its
+    temporary files, so a killed run's leftovers are removed next time) that is renamed into place, so
+    concurrent processes (DDP ranks, parallel tests) never see a half-written dataset.
     """
-    if root is None:
-        root = Path(yaml.safe_load(BUILTIN_YAML.read_text()).get("path", "builtin")) if BUILTIN_YAML.is_file() \
-            else Path("builtin")
-        root = root if root.is_absolute() else DATA_DIR / root
-    root = Path(root)
+    root = _builtin_root() if root is None else Path(root)
     params = builtin_params() if params is None else dict(params)
     stamp = {"version": _FORMAT_VERSION, **params}
     if _folder_ok(root, stamp):
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    make_shapes_dataset(tmp, **params)
-    (tmp / _MARKER).write_text(json.dumps(stamp))
-    if _folder_ok(root, stamp):  # another process finished first
+    remove_stale_temps(root.parent)
+    tmp = temp_name(root)
+    try:
+        make_shapes_dataset(tmp, **params)
+        (tmp / _MARKER).write_text(json.dumps(stamp))
+        _move_into_place(tmp, root, stamp)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        return root
+    return root
+
+
+def _move_into_place(tmp: Path, root: Path, stamp: dict) -> None:
+    """Rename the finished folder ``tmp`` onto ``root``, unless another process already put a whole one there."""
+    if _folder_ok(root, stamp):  # another process finished first
+        return
     if root.exists():
-        stale = root.parent / f".{root.name}.{os.getpid()}.old"
+        stale = temp_name(root)
         os.replace(root, stale)
         shutil.rmtree(stale, ignore_errors=True)
     try:
         os.replace(tmp, root)
     except OSError:  # lost a race for an empty target; the winner's copy is identical
-        shutil.rmtree(tmp, ignore_errors=True)
         if not _folder_ok(root, stamp):
             raise
-    return root

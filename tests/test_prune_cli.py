@@ -176,8 +176,6 @@ def test_warns_without_sparsity_history(source, tmp_path, capsys):
 
 def test_upstream_checkpoint_is_accepted(refdata, tmp_path):
     upstream = refdata / "yolov5n_shapes_v62.pt"
-    if not upstream.is_file():
-        pytest.skip("no upstream reference checkpoint")
     assert slim_prune_yolov5s_8x.main(["--weights", str(upstream), "--out-dir", str(tmp_path), *FAST]) == 0
     model = load_model(tmp_path / "prune_0.6_keep_0.01_8x_yolov5n_shapes_v62.pt")
     assert model.nc == 4

@@ -6,7 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-REFDATA = ROOT.parent / "shared" / "refdata"
+FIXTURES = ROOT / "tests" / "fixtures"  # upstream YOLOv5 v6.2 reference files, see fixtures/README.md
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,6 +17,6 @@ def _threads():
 
 @pytest.fixture
 def refdata() -> Path:
-    if not REFDATA.is_dir():
-        pytest.skip("shared/refdata not available")
-    return REFDATA
+    """The folder of upstream-written reference files kept in the repository (never skipped)."""
+    assert FIXTURES.is_dir(), f"{FIXTURES} is missing: the upstream reference files belong to the repository"
+    return FIXTURES

@@ -201,23 +201,31 @@ def _coco_annotations(data_yaml, out):
 
 
 def test_val_py_reproduces_upstream_on_reference_checkpoint(refdata, tmp_path):
-    """Upstream v6.2 val.py gave mAP@.5 0.2114 and mAP@.5:.95 0.1100 (pycocotools 0.2120 / 0.1103)."""
-    weights, data = refdata / "yolov5n_shapes_v62.pt", refdata / "shapes_val" / "shapes.yaml"
-    if not weights.is_file() or not data.is_file():
-        pytest.skip("reference checkpoint or data missing")
-    pytest.importorskip("pycocotools")
+    """Upstream v6.2 val.py printed mAP@.5 0.2114 and mAP@.5:.95 0.1100 (pycocotools on its predictions
+    0.2120 / 0.1103, tests/fixtures/README.md): ours must round to the same 4 digits. A lost box or
+    another matching, sorting or interpolation rule moves them by far more."""
+    import importlib.util
+    import shutil
     import val
-    ann = _coco_annotations(data, tmp_path / "ann.json")
-    rc = val.main(["--weights", str(weights), "--data", str(data), "--img", "320", "--batch-size", "16",
-                   "--project", str(tmp_path / "runs"), "--name", "ref", "--coco-ann", str(ann),
-                   "--device", "cpu"])
-    assert rc == 0
+    data = shutil.copytree(refdata / "shapes_val", tmp_path / "shapes_val") / "shapes.yaml"  # cache goes there
+    args = ["--weights", str(refdata / "yolov5n_shapes_v62.pt"), "--data", str(data), "--img", "320",
+            "--batch-size", "16", "--project", str(tmp_path / "runs"), "--name", "ref", "--device", "cpu"]
+    coco = importlib.util.find_spec("pycocotools") is not None  # optional: only its cross-check needs it
+    if coco:
+        args += ["--coco-ann", str(_coco_annotations(data, tmp_path / "ann.json"))]
+    assert val.main(args) == 0
     d = json.loads((tmp_path / "runs" / "ref" / "metrics.json").read_text())
+
+    def same_4_digits(ours: float, upstream: float) -> bool:
+        return abs(ours - upstream) <= 5e-5  # upstream printed 4 digits: half a unit of the last
+
     assert FLAT_KEYS <= set(d)
-    assert abs(d["mAP50"] - 0.2114) < 0.005, d["mAP50"]
-    assert abs(d["mAP50-95"] - 0.1100) < 0.005, d["mAP50-95"]
-    assert abs(d["coco"]["mAP50"] - 0.2120) < 0.005 and abs(d["coco"]["mAP50-95"] - 0.1103) < 0.005
-    assert d["images"] == 128 and len(d["per_class"]) == 4
+    assert same_4_digits(d["mAP50"], 0.2114), d["mAP50"]
+    assert same_4_digits(d["mAP50-95"], 0.1100), d["mAP50-95"]
+    if coco:
+        assert same_4_digits(d["coco"]["mAP50"], 0.2120), d["coco"]
+        assert same_4_digits(d["coco"]["mAP50-95"], 0.1103), d["coco"]
+    assert d["images"] == 128 and d["instances"] == 580 and len(d["per_class"]) == 4
     for f in ("PR_curve.png", "confusion_matrix.png", "predictions.json"):
         assert (tmp_path / "runs" / "ref" / f).is_file()
 

@@ -176,11 +176,11 @@ def test_warns_without_sparsity_history(source, tmp_path, capsys):
 
 def test_upstream_checkpoint_is_accepted(refdata, tmp_path):
     upstream = refdata / "yolov5n_shapes_v62.pt"
-    if not upstream.is_file():
-        pytest.skip("no upstream reference checkpoint")
     assert slim_prune_yolov5s_8x.main(["--weights", str(upstream), "--out-dir", str(tmp_path), *FAST]) == 0
     model = load_model(tmp_path / "prune_0.6_keep_0.01_8x_yolov5n_shapes_v62.pt")
-    assert model.nc == 4
+    assert model.nc == 4 and model.names == ["circle", "rectangle", "triangle", "cross"]
+    full = load_model(upstream, verbose=False)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
 
 
 def test_sparsity_warning_rules():

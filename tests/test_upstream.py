@@ -1,6 +1,7 @@
 """Upstream YOLOv5 import: equality with upstream's own outputs, the restricted unpickler, and
 upstream-format files that differ from the released ones (pruned widths, moved anchors, fused convs,
 train.py checkpoints with EMA and numpy values, the pip package's class prefix, P6 models)."""
+import hashlib
 import os
 import pickle
 import sys
@@ -42,16 +43,31 @@ def _fresh(ckpt: dict):
 # ---------------------------------------------------------------------------------------------
 # equality with upstream's outputs
 # ---------------------------------------------------------------------------------------------
+def test_fixtures_are_the_recorded_files(refdata):
+    """The reference files are upstream's bytes (SHA256SUMS), not a re-save or a Git LFS pointer."""
+    listed = [line.split() for line in (refdata / "SHA256SUMS").read_text().splitlines() if line.strip()]
+    assert {name for _, name in listed} == {p.name for p in refdata.glob("*.pt")}
+    for digest, name in listed:
+        actual = hashlib.sha256((refdata / name).read_bytes()).hexdigest()
+        assert actual == digest, f"{refdata / name} differs from the file in SHA256SUMS: restore it from git"
+
+
+def _train_rows(maps: list[torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+    """The raw (B, 3, H, W, no) training maps as (B, sum 3HW, no) in inference row order, at ``rows``."""
+    return torch.cat([p.flatten(1, 3) for p in maps], 1)[:, rows]
+
+
 def test_refdata_yolov5s_random(refdata):
     x, io = _io(refdata, "yolov5s_random_v62")
     ckpt = import_upstream(refdata / "yolov5s_random_v62.pt", verbose=False)
     rows = io["rows"]
     with torch.no_grad():
         y, _ = _fresh(ckpt).eval()(x)
+        assert y.shape == (2, 6300, 85)
         assert close(y[:, rows], io["eval_y_rows"])
         train = _fresh(ckpt).train()(x)
-        for k, p in enumerate(train):
-            assert close(p, io[f"train_p{k}"])
+        assert [tuple(p.shape) for p in train] == [(2, 3, s, s, 85) for s in (40, 20, 10)]
+        assert close(_train_rows(train, rows), io["train_p_rows"])
         y, _ = _fresh(ckpt).eval().fuse()(x)
         assert close(y[:, rows], io["fused_y_rows"])
 
@@ -64,7 +80,7 @@ def test_refdata_yolov5s_with_bn_statistics(refdata):
     result = upstream.float().load_state_dict(bnvar, strict=False)
     assert not result.unexpected_keys
     model, _ = upstream_to_model(upstream)
-    rows = io["bnvar_rows"]
+    rows = io["rows"]
     with torch.no_grad():
         y, _ = model.eval()(x)
         assert close(y[:, rows], io["bnvar_eval_y_rows"])

@@ -13,12 +13,15 @@ import shortcut_prune_yolov5s
 import slim_prune_yolov5s
 import slim_prune_yolov5s_8x
 import utils.prune.cli as prune_cli
+import utils.prune.pipeline as pipeline
 from models import build_model, load_model, read_cfg, save_checkpoint
 from models.cfg import format_cfg
 from utils.prune import PruneError, analyse, model_from_state, sparsity_layers
 from utils.prune.absorb import absorb
 from utils.prune.cli import _refuse_overwrite, output_paths, output_prefix
 from utils.prune.fake import fake_sparsity_
+from utils.prune.report import sparsity_warning
+from utils.prune.strategy import get_strategy
 
 FAST = ["--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "1"]
 SCRIPTS = {"1": prune_yolov5s, "2": shortcut_prune_yolov5s, "3": slim_prune_yolov5s, "8x": slim_prune_yolov5s_8x}
@@ -304,8 +307,6 @@ def test_target_flops_chooses_and_reports_the_ratio(source, tmp_path, capsys):
 
 
 def test_verification_failure_writes_nothing(source, tmp_path, monkeypatch, capsys):
-    import utils.prune.pipeline as pipeline
-
     real = pipeline.compact_state
 
     def corrupted(*a, **k):
@@ -342,9 +343,6 @@ def test_upstream_checkpoint_is_accepted(refdata, tmp_path):
 
 
 def test_sparsity_warning_rules():
-    from utils.prune.report import sparsity_warning
-    from utils.prune.strategy import get_strategy
-
     s2, s1 = get_strategy("2"), get_strategy("1")
     ok = [{"step": "train"}, {"step": "sparsity", "sr": True, "scale": 1e-3, "prune": 1, "layers": [1, 2, 3]}]
     assert sparsity_warning(ok, s2, "w.pt", [1, 2, 3]) is None

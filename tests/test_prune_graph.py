@@ -51,7 +51,8 @@ def test_options_add_upsample_and_sppf_inputs(cfgs):
     assert set(g.prunable(2, {"upsample"})) - base == {52, 62}
     assert set(g.prunable(2, {"sppf"})) - base == {46}
     assert set(g.prunable(1, {"upsample", "sppf"})) - set(S1) == {46, 52, 62}
-    assert prunable_layers(cfgs["s"], 1, include_upsample=True, include_sppf=True) == g.prunable(1, {"upsample", "sppf"})
+    both = g.prunable(1, {"upsample", "sppf"})
+    assert prunable_layers(cfgs["s"], 1, include_upsample=True, include_sppf=True) == both
     assert "upsample" in g.role(52) and "maxpool" in g.role(46)
     assert g.role(52, 2, {"upsample"}).startswith("prunable") and g.role(46, 2, {"sppf"}).startswith("prunable")
     assert g.role(72) == "detect head"

@@ -36,7 +36,8 @@ from .graph import PruneGraph, analyse
 from .masks import ranking_layers
 from .options import PruneOptions, Target, validate_ratio
 from .pipeline import PruneResult, prune, search_ratio
-from .report import gamma_quantiles, layer_rows, layer_table, metric_table, plot_channels, sparsity_warning, write_json
+from .report import (gamma_quantiles, layer_rows, layer_table, metric_table, plot_channels, sparsity_warning,
+                     write_json)
 from .strategy import Strategy, get_strategy
 from .surgery import model_from_state
 
@@ -90,7 +91,8 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     p.add_argument("--cfg", default=None, help="model .cfg/.yaml; must match the checkpoint "
                    "(default: the checkpoint's own cfg)")
     p.add_argument("--data", default=None, help="dataset .yaml or .data (default: the built-in dataset)")
-    p.add_argument("--weights", default=s.default_weights, help="sparsity-trained checkpoint (ours or upstream .pt)")
+    p.add_argument("--weights", default=s.default_weights,
+                   help="sparsity-trained checkpoint (ours or upstream .pt)")
     p.add_argument("--img_size", "--img-size", "--img", dest="img_size", type=int, default=640,
                    help="evaluation, FLOPs and latency image size (rounded up to the model's stride)")
     p.add_argument(s.ratio_flag, *([] if s.ratio_flag == "--percent" else ["--global-percent"]), dest="percent",
@@ -253,7 +255,8 @@ def _cost_weights(model: Darknet, graph: PruneGraph, img_size: int, runs: int) -
     return weights
 
 
-def _choose_ratio(options: PruneOptions, graph: PruneGraph, state: dict, img_size: int) -> tuple[PruneOptions, dict | None]:
+def _choose_ratio(options: PruneOptions, graph: PruneGraph, state: dict,
+                  img_size: int) -> tuple[PruneOptions, dict | None]:
     """``options`` with the ratio that meets its target (unchanged without one), and the target's record."""
     target = options.target
     if target is None:
@@ -278,7 +281,8 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     data = _data_config(args, model)  # before any pruning work: the classes must match
     graph = analyse(model.to_cfg())
     options = _options(args, s, None)
-    warning = sparsity_warning(ckpt.get("history") or [], s, str(args.weights), graph.prunable(s, options.extra))
+    prunable = graph.prunable(s, options.extra)
+    warning = sparsity_warning(ckpt.get("history") or [], s, str(args.weights), prunable)
     if warning:
         print(f"WARNING: {warning}")
     if args.cost_aware:
@@ -370,7 +374,8 @@ def _history_entry(args: argparse.Namespace, options: PruneOptions, target: dict
                      "inclusive": s.inclusive, "group_rule": s.group_rule,
                      "include_upsample": options.include_upsample, "include_sppf": options.include_sppf,
                      "target": target, "cost_aware": options.cost_aware,
-                     "ranking_weights": None if p.weights is None else {str(i): w for i, w in p.weights.items()},
+                     "ranking_weights": (None if p.weights is None
+                                         else {str(i): w for i, w in p.weights.items()}),
                      "img_size": args.img_size, "cfg": args.cfg, "data": args.data},
         "safe_ratio": p.safe_ratio,
         "figures": figures,

@@ -177,7 +177,8 @@ class PruneGraph:
         extra = frozenset(extra)
         return [i for i in self.convs if self.exclusion(i, strategy, extra) is None]
 
-    def prunable_groups(self, strategy: "int | str | Strategy" = 2, extra: Iterable[str] = ()) -> list[tuple[int, ...]]:
+    def prunable_groups(self, strategy: "int | str | Strategy" = 2,
+                        extra: Iterable[str] = ()) -> list[tuple[int, ...]]:
         """The shortcut groups whose members are all prunable under these settings."""
         keep = set(self.prunable(strategy, extra))
         return [g for g in self.groups if all(i in keep for i in g)]

@@ -22,6 +22,7 @@ from utils.prune.cli import _refuse_overwrite, output_paths, output_prefix
 from utils.prune.fake import fake_sparsity_
 from utils.prune.report import sparsity_warning
 from utils.prune.strategy import get_strategy
+from utils.synthetic import make_shapes_dataset
 
 FAST = ["--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "1"]
 SCRIPTS = {"1": prune_yolov5s, "2": shortcut_prune_yolov5s, "3": slim_prune_yolov5s, "8x": slim_prune_yolov5s_8x}
@@ -195,6 +196,21 @@ def test_cfg_that_does_not_match_the_checkpoint_is_refused(source, tmp_path, cap
     assert slim_prune_yolov5s.main(["--weights", str(weights), "--cfg", "models/yolov5s.yaml", *FAST]) == 2
     assert "does not match" in _error(capsys, "slim_prune_yolov5s.py")
     assert _files(tmp_path) == ["last.pt"]
+
+
+def test_evaluation_on_the_dataset_the_model_was_trained_on(tmp_path, capsys):
+    """--data with the model's classes: original, masked and compact models are evaluated."""
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=2, n_val=4, img_size=64, seed=1, workers=1)
+    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=5), img_size=64).eval()
+    weights = save_checkpoint(tmp_path / "five.pt", model, history=[{"step": "sparsity", "prune": 1}])
+    assert slim_prune_yolov5s.main(["--weights", str(weights), "--data", str(root / "dataset.yaml"),
+                                    "--img_size", "64", "--device", "cpu", "--latency-runs", "1",
+                                    "--workers", "0", "--batch-size", "4"]) == 0
+    assert "mAP@.5" in capsys.readouterr().out
+    report = json.loads((tmp_path / "prune_0.6_keep_0.01_five.json").read_text())
+    for key in ("mAP50", "mAP50_95"):
+        assert set(report["figures"][key]) == {"original", "masked", "compact"}
+        assert all(0.0 <= v <= 1.0 for v in report["figures"][key].values())
 
 
 def test_class_mismatch_is_refused_before_pruning(source, tmp_path, monkeypatch, capsys):

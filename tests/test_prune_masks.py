@@ -197,6 +197,19 @@ def test_strategy_2_floor_is_per_group():
     assert masks[0][7]  # chosen by the group score (max over members), not the leader's own argmax
 
 
+def test_strategies_answer_their_own_questions():
+    s1, s2, s3, s8 = (get_strategy(k) for k in ("1", "2", "3", "8x"))
+    assert [s.ratio_flag for s in (s1, s2, s3, s8)] == ["--percent", "--percent", "--global_percent",
+                                                        "--global_percent"]
+    assert [s.uses_layer_keep for s in (s1, s2, s3, s8)] == [False, False, True, True]
+    assert [s.prunes_groups for s in (s1, s2, s3, s8)] == [False, True, True, True]
+    assert s1.file_prefix(0.8, 0.5) == "prune_0.8_" and s2.file_prefix(0.3) == "prune_0.3_"
+    assert s3.file_prefix(0.5, 0.01) == "prune_0.5_keep_0.01_"
+    assert s8.file_prefix(0.5, 0.01) == "prune_0.5_keep_0.01_8x_" and s8.round_to == 8
+    assert (s1.default_weights, s1.default_ratio) == ("weights/last_v6s_0.pt", 0.5)
+    assert (s8.default_weights, s8.default_ratio) == ("weights/last_v6s.pt", 0.6)
+
+
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="8x"):
         get_strategy("4")

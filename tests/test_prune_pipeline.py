@@ -5,6 +5,8 @@ import torch
 from models import build_model
 from utils.prune import (PruneError, PruneOptions, Target, VerificationError, analyse, estimate_cost,
                          model_from_state, prune, search_ratio)
+from utils.errors import UserError
+from utils.prune import OptionError, layer_flops
 from utils.prune.absorb import absorb
 from utils.prune.fake import fake_sparsity_
 from utils.prune.masks import min_keep
@@ -122,6 +124,7 @@ def test_cost_estimate_matches_counters_and_search_meets_target(models):
     model = models["s"]
     graph = analyse(model.to_cfg())
     assert estimate_cost(graph, {}, 128) == (count_params(model), count_flops(model, 128))
+    assert sum(layer_flops(graph.cfg, 128).values()) == estimate_cost(graph, {}, 128)[1]  # one count per conv
     state = model.state_dict()
     ratio, got = search_ratio(graph, state, _opts("8x", 0.0, 0.01, target=Target("flops", 0.5)), 128)
     r = prune(model, _opts("8x", ratio, 0.01))
@@ -165,3 +168,12 @@ def test_inconsistent_group_masks_are_refused(models):
         input_keep(graph, consumer, masks)
     with pytest.raises(PruneError):
         compact_state(graph, absorb(graph, model.state_dict(), masks), masks)
+
+
+def test_errors_are_user_errors_and_search_needs_a_target(models):
+    """The prune scripts report these as one sentence (utils.errors.cli_main)."""
+    assert issubclass(PruneError, UserError) and issubclass(VerificationError, PruneError)
+    assert issubclass(OptionError, UserError) and issubclass(OptionError, ValueError)
+    model = models["n"]
+    with pytest.raises(OptionError, match="target"):
+        search_ratio(analyse(model.to_cfg()), model.state_dict(), _opts("3", 0.0), 128)

@@ -85,7 +85,7 @@ def test_channel_mask_floor_and_multiple_of_8():
 
 
 def test_group_mask_rounds_the_union_itself():
-    # union of members that disagree; 8x rounding must add channels outside the union (SEED 5.6 bug)
+    # union of members that disagree; 8x rounding must add channels outside the union (a bug of the original yolov5_prune)
     a = torch.zeros(32, dtype=torch.bool); a[:7] = True
     b = torch.zeros(32, dtype=torch.bool); b[20:33] = True
     u = union([a, b])

@@ -189,8 +189,12 @@ def _check_writable(paths: dict[str, Path]) -> None:
         if not existing.is_dir():
             raise PruneError(f"{existing} is a file, so {folder} cannot be created; choose another --out-dir")
         probe = temp_name(existing / "write-test")
-        probe.open("xb").close()
-        probe.unlink()
+        try:
+            probe.open("xb").close()
+            probe.unlink()
+        except OSError as e:
+            raise PruneError(f"cannot write the outputs into {existing} ({e.strerror or e}); "
+                             f"choose a writable folder with --out-dir") from e
         if existing == folder:
             remove_stale_temps(folder)  # left by a killed run
 

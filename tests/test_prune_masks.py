@@ -60,6 +60,12 @@ def test_options_are_normalised_and_validated():
             PruneOptions("3", 0.5, **kw)
     with pytest.raises(AttributeError):
         o.ratio = 0.1  # frozen
+    weights = {3: 2.0}
+    w = PruneOptions("3", 0.5, weights=weights)
+    weights[3] = 5.0  # a later change of the caller's dict does not reach the options
+    assert w.weights[3] == 2.0 and w.cost_aware
+    with pytest.raises(TypeError):
+        w.weights[3] = 1.0
 
 
 def test_floor_rounding_and_top_up():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from .errors import OptionError
@@ -93,7 +94,7 @@ class PruneOptions:
                               f"(known: {', '.join(EXTRA_LAYERS)})")
         set_(self, "extra", extra)
         if self.weights is not None:
-            set_(self, "weights", {int(i): float(w) for i, w in self.weights.items()})
+            set_(self, "weights", MappingProxyType({int(i): float(w) for i, w in self.weights.items()}))
 
     @classmethod
     def make(cls, strategy: "int | str | Strategy", ratio: float = 0.0, *, include_upsample: bool = False,

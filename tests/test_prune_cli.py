@@ -3,6 +3,8 @@ import errno
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -298,6 +300,17 @@ def test_a_failed_write_leaves_none_of_the_four_outputs(source, tmp_path, monkey
     assert shortcut_prune_yolov5s.main(["--weights", str(weights), *FAST]) == 2
     capsys.readouterr()
     assert {n: (tmp_path / n).read_bytes() for n in _files(tmp_path)} == before
+
+
+def test_temporary_files_of_a_killed_run_are_removed(source, tmp_path, capsys):
+    weights = _copy(source[0], tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    stale = tmp_path / f".prune_0.6_last.pt.{dead}.0123abcd.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert shortcut_prune_yolov5s.main(["--weights", str(weights), *FAST]) == 0
+    assert not stale.exists()
+    assert not [n for n in _files(tmp_path) if n.endswith(".tmp")]
 
 
 def test_ctrl_c_exits_130_and_writes_nothing(source, tmp_path, monkeypatch, capsys):

@@ -23,6 +23,7 @@ from typing import Iterable
 
 from models.cfg import ModelCfg
 
+from .options import EXTRA_LAYERS, extra_layers
 from .strategy import Strategy, get_strategy
 
 __all__ = ["Segment", "PruneGraph", "analyse", "channel_origins", "prunable_layers",
@@ -31,8 +32,8 @@ __all__ = ["Segment", "PruneGraph", "analyse", "channel_origins", "prunable_laye
 IMAGE = -1  # producer id of the input image's channels
 
 # Why a conv that an extra-layer option can make prunable is kept without it (option -> reason).
-_OPTIONAL_REASONS = {"upsample": "feeds an upsample (--include-upsample)",
-                     "sppf": "feeds a maxpool: SPPF input (--include-sppf)"}
+_OPTIONAL_REASONS = {"upsample": f"feeds an upsample ({EXTRA_LAYERS['upsample']})",
+                     "sppf": f"feeds a maxpool: SPPF input ({EXTRA_LAYERS['sppf']})"}
 
 # Activations with act(0) == 0: a channel whose BN gamma and beta are zero then outputs exactly 0,
 # which is what lets the compact model drop it (a sigmoid channel would still output 0.5).
@@ -287,15 +288,11 @@ def analyse(cfg: ModelCfg) -> PruneGraph:
                       fixed=fixed, optional=optional, group_index=group_index)
 
 
-def _extra(include_upsample: bool, include_sppf: bool) -> frozenset[str]:
-    return frozenset(n for n, on in (("upsample", include_upsample), ("sppf", include_sppf)) if on)
-
-
 def prunable_layers(cfg: ModelCfg, strategy: "int | str | Strategy" = 2, include_upsample: bool = False,
                     include_sppf: bool = False) -> list[int]:
     """Conv layers ``strategy`` prunes: 1 -> the ``--prune 0`` set (no shortcut groups);
     2, 3, '8x' -> the ``--prune 1`` set (every prunable BN conv, groups included)."""
-    return analyse(cfg).prunable(strategy, _extra(include_upsample, include_sppf))
+    return analyse(cfg).prunable(strategy, extra_layers(include_upsample, include_sppf))
 
 
 def sparsity_layers(cfg: ModelCfg, prune: int, include_upsample: bool = False,

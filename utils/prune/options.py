@@ -15,11 +15,16 @@ from typing import Iterable, Mapping
 from .errors import OptionError
 from .strategy import Strategy, get_strategy
 
-__all__ = ["PruneOptions", "Target", "EXTRA_LAYERS", "validate_ratio", "validate_layer_keep"]
+__all__ = ["PruneOptions", "Target", "EXTRA_LAYERS", "extra_layers", "validate_ratio", "validate_layer_keep"]
 
 # Layers no strategy prunes unless asked: option name -> the flag that asks.
 EXTRA_LAYERS = {"upsample": "--include-upsample", "sppf": "--include-sppf"}
 METRICS = ("flops", "params")
+
+
+def extra_layers(include_upsample: bool = False, include_sppf: bool = False) -> frozenset[str]:
+    """The names of :data:`EXTRA_LAYERS` that the two command-line switches ask for."""
+    return frozenset(n for n, on in (("upsample", include_upsample), ("sppf", include_sppf)) if on)
 
 
 def validate_ratio(ratio: float, flag: str = "ratio") -> float:
@@ -100,8 +105,7 @@ class PruneOptions:
     def make(cls, strategy: "int | str | Strategy", ratio: float = 0.0, *, include_upsample: bool = False,
              include_sppf: bool = False, **kw) -> "PruneOptions":
         """Options with the extra layers given as the two command-line switches."""
-        extra = {name for name, on in (("upsample", include_upsample), ("sppf", include_sppf)) if on}
-        return cls(strategy, ratio, extra=frozenset(extra), **kw)
+        return cls(strategy, ratio, extra=extra_layers(include_upsample, include_sppf), **kw)
 
     @property
     def include_upsample(self) -> bool:

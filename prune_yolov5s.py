@@ -5,17 +5,20 @@ low-gamma channels; for models sparsity-trained with ``train_sparsity.py --prune
         --weights weights/yolov5s_prune0.pt --percent 0.8
     python prune_yolov5s.py --weights runs/train/exp/weights/last.pt --target-flops 0.5 --no-eval
 
-Writes the pruned cfg and checkpoint (seed names: ``prune_<p>_...``), a JSON report and a channel
-chart; ``--help`` lists every flag. The pipeline lives in ``utils/prune``.
+Writes the pruned cfg and checkpoint (the original yolov5_prune's names: ``prune_<p>_...``), a JSON
+report and a channel chart, all four or none; ``--help`` lists every flag. The pipeline lives in
+``utils/prune``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from utils.errors import cli_main
+from utils.prune.cli import run
 
+
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from utils.prune.cli import run
-
     return run("1", argv)
 
 

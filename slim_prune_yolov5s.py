@@ -4,17 +4,20 @@
     python slim_prune_yolov5s.py --cfg cfg/yolov5s.cfg --data data/oxfordhand.data \
         --weights weights/yolov5s_prune1.pt --global_percent 0.8 --layer_keep 0.01
 
-Writes the pruned cfg and checkpoint (seed names: ``prune_<p>_...``), a JSON report and a channel
-chart; ``--help`` lists every flag. The pipeline lives in ``utils/prune``.
+Writes the pruned cfg and checkpoint (the original yolov5_prune's names: ``prune_<p>_...``), a JSON
+report and a channel chart, all four or none; ``--help`` lists every flag. The pipeline lives in
+``utils/prune``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from utils.errors import cli_main
+from utils.prune.cli import run
 
+
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from utils.prune.cli import run
-
     return run("3", argv)
 
 

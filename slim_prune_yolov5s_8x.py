@@ -4,17 +4,20 @@ groups included; for ``--prune 1`` models.
     python slim_prune_yolov5s_8x.py --cfg cfg/yolov5s_v6_hand.cfg --data data/oxfordhand.data \
         --weights weights/last_v6s.pt --global_percent 0.5 --layer_keep 0.01 --img_size 640
 
-Writes the pruned cfg and checkpoint (seed names: ``prune_<p>_...``), a JSON report and a channel
-chart; ``--help`` lists every flag. The pipeline lives in ``utils/prune``.
+Writes the pruned cfg and checkpoint (the original yolov5_prune's names: ``prune_<p>_...``), a JSON
+report and a channel chart, all four or none; ``--help`` lists every flag. The pipeline lives in
+``utils/prune``.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
+from utils.errors import cli_main
+from utils.prune.cli import run
 
+
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
-    from utils.prune.cli import run
-
     return run("8x", argv)
 
 

@@ -91,8 +91,8 @@ def uniform_masks(graph, state, share: float, multiple: int = 8) -> dict:
     from utils.prune.absorb import bn_key
     from utils.prune.masks import group_score, round_up
 
-    prunable = set(graph.prunable("3", True, True))
-    units = graph.prunable_groups("3", True, True)
+    prunable = set(graph.prunable("3", {"upsample", "sppf"}))
+    units = graph.prunable_groups("3", {"upsample", "sppf"})
     grouped = {m for g in units for m in g}
     units = units + [(i,) for i in sorted(prunable - grouped)]
     masks = {}
@@ -190,12 +190,12 @@ def tp_at_flops(tp, model, graph, target: float, img_size: int, round_to: int | 
 # ------------------------------------------------------------------------------------ variants
 def strategy_variants(model, ratios: Sequence[float]) -> list[dict]:
     """Each strategy at each ratio with its default settings."""
-    from utils.prune import prune
+    from utils.prune import PruneOptions, prune
 
     out = []
     for s in ("1", "2", "3", "8x"):
         for r in ratios:
-            res = prune(model, s, r, STRATEGY_KEEP[s])
+            res = prune(model, PruneOptions(s, r, STRATEGY_KEEP[s]))
             out.append({"table": "strategies", "label": f"strategy {s}, ratio {r}", "strategy": s,
                         "ratio": r, "model": res.model, "masks": res.masks})
     return out
@@ -220,15 +220,16 @@ def target_variants(model, graph, target: float, img_size: int, weights: dict, t
     ``weights``: the cost-aware ranking weights profiled at this size. ``tp_cache``: Torch-Pruning
     models by round_to (FLOPs fractions do not depend on the image size, so they are pruned once).
     """
-    from utils.prune import estimate_cost, prune, search_ratio
+    from utils.prune import PruneOptions, Target, estimate_cost, prune, search_ratio
 
     state = model.state_dict()
     out = []
     for label, s, round_to, inc, cost in OPTIONS:
-        w = weights if cost else None
-        keep = STRATEGY_KEEP[s]
-        ratio, _ = search_ratio(graph, state, s, target, "flops", img_size, keep, round_to, inc, inc, weights=w)
-        res = prune(model, s, ratio, keep, round_to, inc, inc, weights=w)
+        options = PruneOptions.make(s, layer_keep=STRATEGY_KEEP[s], round_to=round_to, include_upsample=inc,
+                                    include_sppf=inc, weights=weights if cost else None,
+                                    target=Target("flops", target))
+        ratio, _ = search_ratio(graph, state, options, img_size)
+        res = prune(model, options.with_ratio(ratio))
         out.append({"table": "target", "label": f"ours: {label}", "strategy": s, "ratio": ratio,
                     "model": res.model, "masks": res.masks})
     full = cfg_flops(graph.cfg, img_size)

@@ -71,8 +71,11 @@ def _model(name: str, nc: int):
     return fake_sparsity_(build_model(ROOT / "models" / f"yolov5{name}.yaml", nc=nc)).eval()
 
 
-def _keep(strategy: str) -> float:
-    return 0.01 if strategy in ("3", "8x") else 0.0
+def _options(strategy: str, ratio: float):
+    """The strategy's command-line defaults: --layer_keep 0.01 where it applies."""
+    from utils.prune import PruneOptions, get_strategy
+
+    return PruneOptions(strategy, ratio, layer_keep=0.01 if get_strategy(strategy).uses_layer_keep else 0.0)
 
 
 def probe_memory(name: str, strategy: str, ratio: float, nc: int) -> dict:
@@ -89,7 +92,8 @@ def _probe_main(name: str, strategy: str, ratio: str, nc: str) -> int:
 
     torch.set_num_threads(1)
     model = _model(name, int(nc))
-    _, peak, how = peak_memory_mb(lambda: prune(model, strategy, float(ratio), _keep(strategy)))
+    options = _options(strategy, float(ratio))
+    _, peak, how = peak_memory_mb(lambda: prune(model, options))
     print(json.dumps({"peak_rss_added_mb": peak, "peak_method": how}))
     return 0
 
@@ -101,17 +105,17 @@ def bench_model(name: str, strategies: Sequence[str], ratio: float, repeats: int
     model = _model(name, nc)
     rows = []
     for strategy in strategies:
-        keep = _keep(strategy)
-        first = prune(model, strategy, ratio, keep)
+        options = _options(strategy, ratio)
+        first = prune(model, options)
         memory = probe_memory(name, strategy, ratio, nc)
         peak = memory["peak_rss_added_mb"]
         runs = [first.timings]
         for _ in range(repeats):
-            runs.append(prune(model, strategy, ratio, keep).timings)
+            runs.append(prune(model, options).timings)
         totals = [r["total"] for r in runs[1:]] or [first.timings["total"]]
         median_run = sorted(runs[1:] or runs, key=lambda r: r["total"])[len(runs[1:] or runs) // 2]
         rows.append({
-            "model": f"yolov5{name}", "strategy": strategy, "ratio": ratio, "layer_keep": keep,
+            "model": f"yolov5{name}", "strategy": strategy, "ratio": ratio, "layer_keep": options.layer_keep,
             "params_before": count_params(model), "params_after": count_params(first.model),
             "first_s": first.timings["total"], "median_s": statistics.median(totals),
             "min_s": min(totals), "stages_median_run_s": {k: median_run[k] for k in STAGES},

@@ -5,7 +5,7 @@ from models.cfg import parse_cfg
 from models.checkpoint import load_cfg_file
 from utils.prune.graph import IMAGE, analyse, channel_origins, prunable_layers, sparsity_layers
 
-# The seed's yolov5s v6 lists (our yaml translation lays the layers out in the seed cfg's order).
+# The original yolov5_prune's yolov5s v6 lists (our yaml translation lays the layers out in its cfg's order).
 S_CBL = [0, 1, 2, 4, 5, 6, 9, 10, 11, 13, 14, 15, 17, 18, 21, 22, 23, 25, 26, 27, 29, 30, 32, 33, 36, 37,
          38, 40, 41, 42, 45, 46, 51, 52, 55, 57, 58, 59, 61, 62, 65, 67, 68, 69, 71, 75, 77, 79, 80, 81,
          83, 87, 89, 91, 92, 93, 95]
@@ -20,7 +20,7 @@ def cfgs():
     return {n: load_cfg_file(f"models/yolov5{n}.yaml") for n in ("n", "s", "m", "l", "n6")}
 
 
-def test_yolov5s_sets_match_seed(cfgs):
+def test_yolov5s_sets_match_the_original(cfgs):
     g = analyse(cfgs["s"])
     assert g.bn_convs == S_CBL
     assert g.detect_convs == [72, 84, 96]
@@ -30,13 +30,13 @@ def test_yolov5s_sets_match_seed(cfgs):
         assert g.prunable(strategy) == s2 and len(s2) == 54
     assert g.groups == S_GROUPS
     assert prunable_layers(cfgs["s"], 1) == S1
-    # S2 ranking population: 47 layers, 8,064 channels (SEED_SPEC 3.2)
+    # S2 ranking population: 47 layers, 8,064 channels (the original's specification, 3.2)
     followers = {m for grp in g.groups for m in grp[1:]}
     ranked = [i for i in s2 if i not in followers]
     assert len(ranked) == 47 and sum(cfgs["s"].channels[i] for i in ranked) == 8064
 
 
-def test_yolov5s_consumers_match_seed(cfgs):
+def test_yolov5s_consumers_match_the_original(cfgs):
     g = analyse(cfgs["s"])
     expected = {0: (1,), 1: (2, 4), 4: (5, 9), 13: (14, 17, 21), 21: (22, 65, 67), 25: (26, 29, 32, 36),
                 36: (37, 55, 57), 46: (51,), 52: (55, 57, 89, 91), 62: (65, 67, 77, 79), 71: (72, 75),
@@ -48,10 +48,13 @@ def test_yolov5s_consumers_match_seed(cfgs):
 def test_options_add_upsample_and_sppf_inputs(cfgs):
     g = analyse(cfgs["s"])
     base = set(g.prunable(2))
-    assert set(g.prunable(2, include_upsample=True)) - base == {52, 62}
-    assert set(g.prunable(2, include_sppf=True)) - base == {46}
-    assert set(g.prunable(1, include_upsample=True, include_sppf=True)) - set(S1) == {46, 52, 62}
+    assert set(g.prunable(2, {"upsample"})) - base == {52, 62}
+    assert set(g.prunable(2, {"sppf"})) - base == {46}
+    assert set(g.prunable(1, {"upsample", "sppf"})) - set(S1) == {46, 52, 62}
+    both = g.prunable(1, {"upsample", "sppf"})
+    assert prunable_layers(cfgs["s"], 1, include_upsample=True, include_sppf=True) == both
     assert "upsample" in g.role(52) and "maxpool" in g.role(46)
+    assert g.role(52, 2, {"upsample"}).startswith("prunable") and g.role(46, 2, {"sppf"}).startswith("prunable")
     assert g.role(72) == "detect head"
 
 
@@ -60,7 +63,7 @@ def test_options_add_upsample_and_sppf_inputs(cfgs):
     ("m", 127, 58, 76, [(4, 6, 9), (16, 18, 21, 24, 27), (34, 36, 39, 42, 45, 48, 51), (58, 60, 63)]),
     ("l", 156, 73, 98, None),
 ])
-def test_other_sizes_match_seed_table(cfgs, name, n_layers, s1, s2, groups):
+def test_other_sizes_match_the_original_table(cfgs, name, n_layers, s1, s2, groups):
     if name not in cfgs:
         cfgs[name] = load_cfg_file(f"models/yolov5{name}.yaml")
     cfg = cfgs[name]

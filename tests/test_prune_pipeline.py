@@ -3,8 +3,10 @@ import pytest
 import torch
 
 from models import build_model
-from utils.prune import (PruneError, VerificationError, analyse, estimate_cost, model_from_state, prune,
-                         search_ratio)
+from utils.prune import (PruneError, PruneOptions, Target, VerificationError, analyse, estimate_cost,
+                         model_from_state, prune, search_ratio)
+from utils.errors import UserError
+from utils.prune import OptionError, layer_flops
 from utils.prune.absorb import absorb
 from utils.prune.fake import fake_sparsity_
 from utils.prune.masks import min_keep
@@ -22,6 +24,10 @@ def models():
 
 def _keep(strategy):
     return 0.1 if strategy in ("3", "8x") else 0.0
+
+
+def _opts(strategy, ratio, keep=None, **kw):
+    return PruneOptions.make(strategy, ratio, layer_keep=_keep(strategy) if keep is None else keep, **kw)
 
 
 @torch.no_grad()
@@ -56,7 +62,7 @@ def test_compact_equals_absorbed_and_absorbed_equals_masked(models, name, strate
     model = models[name]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     extra = dict(include_upsample=True, include_sppf=True) if strategy == "3" else {}
-    r = prune(model, strategy, 0.5, _keep(strategy), **extra)
+    r = prune(model, _opts(strategy, 0.5, **extra))
     for k, v in model.state_dict().items():  # the source model is never modified
         assert torch.equal(v, before[k]), k
 
@@ -91,13 +97,12 @@ def test_compact_equals_absorbed_and_absorbed_equals_masked(models, name, strate
         assert not set(r.masks) & {m for g in graph.groups for m in g}
     else:
         assert len(r.plan.groups) == len(graph.groups)
-    assert r.verification["max_rel_diff"] <= 1e-4
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_ratio_zero_changes_nothing(models, strategy):
     model = models["n"]
-    r = prune(model, strategy, 0.0, _keep(strategy))
+    r = prune(model, _opts(strategy, 0.0))
     assert all(bool(m.all()) for m in r.masks.values())
     assert r.cfg.channels == model.to_cfg().channels
     x = torch.rand(1, 3, 128, 128)
@@ -108,7 +113,7 @@ def test_ratio_zero_changes_nothing(models, strategy):
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_ratio_near_maximum_still_runs(models, strategy):
     model = models["n6"]
-    r = prune(model, strategy, 0.999, _keep(strategy))
+    r = prune(model, _opts(strategy, 0.999))
     assert r.plan.ratio > r.plan.safe_ratio
     out = _raw(r.model, torch.rand(1, 3, 128, 128))
     assert len(out) == 4 and all(torch.isfinite(o).all() for o in out)
@@ -119,22 +124,30 @@ def test_cost_estimate_matches_counters_and_search_meets_target(models):
     model = models["s"]
     graph = analyse(model.to_cfg())
     assert estimate_cost(graph, {}, 128) == (count_params(model), count_flops(model, 128))
+    assert sum(layer_flops(graph.cfg, 128).values()) == estimate_cost(graph, {}, 128)[1]  # one count per conv
     state = model.state_dict()
-    ratio, got = search_ratio(graph, state, "8x", 0.5, "flops", 128, layer_keep=0.01)
-    r = prune(model, "8x", ratio, 0.01)
+    ratio, got = search_ratio(graph, state, _opts("8x", 0.0, 0.01, target=Target("flops", 0.5)), 128)
+    r = prune(model, _opts("8x", ratio, 0.01))
     real = count_flops(r.model, 128) / count_flops(model, 128)
     assert abs(real - got) < 1e-9 and got <= 0.5
-    smaller = prune(model, "8x", max(ratio - 1e-4, 0.0), 0.01)
+    assert estimate_cost(graph, r.masks, 128) == (count_params(r.model), count_flops(r.model, 128))
+    smaller = prune(model, _opts("8x", max(ratio - 1e-4, 0.0), 0.01))
     assert count_flops(smaller.model, 128) / count_flops(model, 128) > 0.5  # the smallest such ratio
-    ratio_p, got_p = search_ratio(graph, state, "2", 0.6, "params", 128)
-    assert got_p <= 0.6 and count_params(prune(model, "2", ratio_p).model) / count_params(model) == pytest.approx(got_p)
-    with pytest.raises(PruneError, match="--target-flops"):
-        search_ratio(graph, state, "1", 1e-4, "flops", 128)
+    ratio_p, got_p = search_ratio(graph, state, _opts("2", 0.0, target=Target("params", 0.6)), 128)
+    assert got_p <= 0.6
+    assert count_params(prune(model, _opts("2", ratio_p)).model) / count_params(model) == pytest.approx(got_p)
+    with pytest.raises(PruneError, match="--target-flops 0.0001 cannot be reached") as e:
+        search_ratio(graph, state, _opts("1", 0.0, target=Target("flops", 1e-4)), 128)
+    reachable = float(str(e.value).split("ask for --target-flops ")[1].split()[0])
+    best = estimate_cost(graph, prune(model, _opts("1", 0.9999)).masks, 128)[1] / count_flops(model, 128)
+    assert best <= reachable < best + 1e-4  # the message names the smallest reachable fraction
+    got_r = search_ratio(graph, state, _opts("1", 0.0, target=Target("flops", reachable)), 128)[1]
+    assert got_r <= reachable
 
 
 def test_verification_rejects_a_wrong_compact_model(models):
     model = models["n"]
-    r = prune(model, "3", 0.5, 0.01)
+    r = prune(model, _opts("3", 0.5, 0.01))
     broken = {k: v.clone() for k, v in r.state.items()}
     key = next(k for k in broken if k.endswith("BatchNorm2d.running_mean"))
     broken[key] += 1.0
@@ -145,7 +158,7 @@ def test_verification_rejects_a_wrong_compact_model(models):
 
 def test_inconsistent_group_masks_are_refused(models):
     model = models["n"]
-    r = prune(model, "3", 0.5, 0.01)
+    r = prune(model, _opts("3", 0.5, 0.01))
     graph = r.plan.graph
     group = graph.groups[0]
     masks = dict(r.masks)
@@ -155,3 +168,12 @@ def test_inconsistent_group_masks_are_refused(models):
         input_keep(graph, consumer, masks)
     with pytest.raises(PruneError):
         compact_state(graph, absorb(graph, model.state_dict(), masks), masks)
+
+
+def test_errors_are_user_errors_and_search_needs_a_target(models):
+    """The prune scripts report these as one sentence (utils.errors.cli_main)."""
+    assert issubclass(PruneError, UserError) and issubclass(VerificationError, PruneError)
+    assert issubclass(OptionError, UserError) and issubclass(OptionError, ValueError)
+    model = models["n"]
+    with pytest.raises(OptionError, match="target"):
+        search_ratio(analyse(model.to_cfg()), model.state_dict(), _opts("3", 0.0), 128)

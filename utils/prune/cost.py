@@ -12,7 +12,7 @@ C_out(p)`` for the conv itself plus, for every layer ``L`` whose input contains 
 channel-origin map), ``cost(L) * (input channels of L from p) / (input channels of L) / C_out(p)``.
 Convs of a shortcut group lose a channel together, so a group is one unit: its members' own shares
 plus the share of every layer that reads any member. With FLOPs as the layer cost this is exactly
-the FLOPs one channel removes (the tests check it against :func:`~utils.prune.pipeline.estimate_cost`).
+the FLOPs one channel removes (the tests check it against :func:`estimate_cost`).
 
 :func:`latency_weights` divides a channel's measured time by its FLOPs and normalises by the model's
 average time per FLOP: ``w > 1`` means the channel's layers are slower per FLOP than the model on
@@ -32,22 +32,42 @@ import torch
 from models.cfg import ModelCfg
 
 from .graph import PruneGraph
+from .surgery import channel_counts
 
-__all__ = ["layer_flops", "profile_layers", "prune_units", "channel_costs", "latency_weights"]
+__all__ = ["conv_cost", "estimate_cost", "layer_flops", "profile_layers", "prune_units", "channel_costs",
+           "latency_weights"]
+
+
+def conv_cost(cfg: ModelCfg, i: int, img_size: int, cin: int | None = None,
+              cout: int | None = None) -> tuple[int, int]:
+    """(parameters, FLOPs) of conv ``i`` at ``img_size`` with ``cin`` input and ``cout`` output
+    channels (default: the cfg's widths): the one count of what a conv costs.
+
+    Parameters count the conv weights plus BN weight+bias (or the conv bias), as ``count_params``
+    does; FLOPs count 2 per multiply-add, as ``count_flops`` does.
+    """
+    layer = cfg.layers[i]
+    cin = cfg.in_width(layer.inputs[0]) if cin is None else cin
+    cout = cfg.channels[i] if cout is None else cout
+    k, g = layer.get("size"), layer.get("groups")
+    weights = cout * (cin // g) * k * k
+    side = int(round(img_size / cfg.scales[i]))
+    return weights + (2 * cout if layer.bn else cout), 2 * weights * side * side
 
 
 def layer_flops(cfg: ModelCfg, img_size: int) -> dict[int, float]:
-    """FLOPs (2 per multiply-add) of every conv at ``img_size``, counted as ``estimate_cost`` does."""
-    out = {}
-    for i, layer in enumerate(cfg.layers):
-        if layer.type != "convolutional":
-            continue
-        j = layer.inputs[0]
-        cin = cfg.in_channels if j < 0 else cfg.channels[j]
-        k, g = layer.get("size"), layer.get("groups")
-        side = int(round(img_size / cfg.scales[i]))
-        out[i] = float(2 * cfg.channels[i] * (cin // g) * k * k * side * side)
-    return out
+    """FLOPs of every conv at ``img_size`` at the cfg's widths (:func:`conv_cost`)."""
+    return {i: float(conv_cost(cfg, i, img_size)[1])
+            for i, layer in enumerate(cfg.layers) if layer.type == "convolutional"}
+
+
+def estimate_cost(graph: PruneGraph, masks: Mapping[int, torch.Tensor], img_size: int) -> tuple[int, int]:
+    """(parameters, FLOPs) of the compact model that ``masks`` make, from cfg arithmetic alone."""
+    params = flops = 0
+    for i, (_, cin, _, cout) in channel_counts(graph, masks).items():
+        p, f = conv_cost(graph.cfg, i, img_size, cin, cout)
+        params, flops = params + p, flops + f
+    return params, flops
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Make a freshly initialised model look sparsity-trained (tests and benchmarks).
 
-Mirrors how the numbers in the seed specification were produced: for a share of every BN layer's
+Mirrors how the original yolov5_prune's reference numbers were produced: for a share of every BN layer's
 channels gamma is scaled down (as L1 sparsity training drives it toward 0), and beta ~ N(0, beta_std^2)
 so that pruned channels carry a non-trivial constant. First the BN running statistics are calibrated
 on a random batch, as training would do: with PyTorch's default init and uncalibrated statistics the

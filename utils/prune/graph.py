@@ -19,15 +19,21 @@ image, producer ``-1``). From this map follow
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 from models.cfg import ModelCfg
 
+from .options import EXTRA_LAYERS, extra_layers
 from .strategy import Strategy, get_strategy
 
 __all__ = ["Segment", "PruneGraph", "analyse", "channel_origins", "prunable_layers",
            "sparsity_layers", "ZERO_AT_ZERO"]
 
 IMAGE = -1  # producer id of the input image's channels
+
+# Why a conv that an extra-layer option can make prunable is kept without it (option -> reason).
+_OPTIONAL_REASONS = {"upsample": f"feeds an upsample ({EXTRA_LAYERS['upsample']})",
+                     "sppf": f"feeds a maxpool: SPPF input ({EXTRA_LAYERS['sppf']})"}
 
 # Activations with act(0) == 0: a channel whose BN gamma and beta are zero then outputs exactly 0,
 # which is what lets the compact model drop it (a sigmoid channel would still output 0.5).
@@ -114,8 +120,8 @@ class PruneGraph:
     ``groups``: shortcut groups, each sorted by layer index (the first conv is the group's
     "leader", the conv whose output enters the first add, e.g. a C3's ``cv1``).
     ``consumers``: conv -> convs that read any of its channels.
-    ``fixed``: conv -> why it can never be pruned; ``optional``: conv -> the reasons an option can
-    lift (``"upsample"``: it feeds an upsample; ``"maxpool"``: it feeds a maxpool, the SPPF input).
+    ``fixed``: conv -> why it can never be pruned; ``optional``: conv -> the extra-layer options that
+    lift its exclusion (``"upsample"``: it feeds an upsample; ``"sppf"``: it feeds a maxpool, the SPPF input).
     """
 
     cfg: ModelCfg
@@ -148,45 +154,41 @@ class PruneGraph:
         return self.origins[j]
 
     # ------------------------------------------------------------------ prune sets
-    def exclusion(self, i: int, strategy: "int | str | Strategy" = 2, include_upsample: bool = False,
-                  include_sppf: bool = False) -> str | None:
-        """Why conv ``i`` is not prunable under these settings (None: it is prunable)."""
+    def exclusion(self, i: int, strategy: "int | str | Strategy" = 2, extra: Iterable[str] = ()) -> str | None:
+        """Why conv ``i`` is not prunable under these settings (None: it is prunable).
+
+        ``extra``: names of :data:`~utils.prune.options.EXTRA_LAYERS` made prunable ("upsample", "sppf").
+        """
         strategy = get_strategy(strategy)
         members = (self.groups[self.group_index[i]] if i in self.group_index else (i,))
         if i in self.group_index and not strategy.prunes_groups:
             return "shortcut group (pruned by strategies 2, 3, 8x)"
         for j in members:
-            why = self.fixed.get(j) or self._optional_reason(j, include_upsample, include_sppf)
+            why = self.fixed.get(j) or self._optional_reason(j, frozenset(extra))
             if why:
                 return why if j == i else f"shortcut group with layer {j}: {why}"
         return None
 
-    def _optional_reason(self, i: int, include_upsample: bool, include_sppf: bool) -> str | None:
-        opts = self.optional.get(i, frozenset())
-        if "upsample" in opts and not include_upsample:
-            return "feeds an upsample (--include-upsample)"
-        if "maxpool" in opts and not include_sppf:
-            return "feeds a maxpool: SPPF input (--include-sppf)"
-        return None
+    def _optional_reason(self, i: int, extra: frozenset[str]) -> str | None:
+        lifted = self.optional.get(i, frozenset()) - extra
+        return next((why for name, why in _OPTIONAL_REASONS.items() if name in lifted), None)
 
-    def prunable(self, strategy: "int | str | Strategy" = 2, include_upsample: bool = False,
-                 include_sppf: bool = False) -> list[int]:
+    def prunable(self, strategy: "int | str | Strategy" = 2, extra: Iterable[str] = ()) -> list[int]:
         """Convs whose channels ``strategy`` may remove, in layer order."""
-        return [i for i in self.convs
-                if self.exclusion(i, strategy, include_upsample, include_sppf) is None]
+        extra = frozenset(extra)
+        return [i for i in self.convs if self.exclusion(i, strategy, extra) is None]
 
-    def prunable_groups(self, strategy: "int | str | Strategy" = 2, include_upsample: bool = False,
-                        include_sppf: bool = False) -> list[tuple[int, ...]]:
+    def prunable_groups(self, strategy: "int | str | Strategy" = 2,
+                        extra: Iterable[str] = ()) -> list[tuple[int, ...]]:
         """The shortcut groups whose members are all prunable under these settings."""
-        keep = set(self.prunable(strategy, include_upsample, include_sppf))
+        keep = set(self.prunable(strategy, extra))
         return [g for g in self.groups if all(i in keep for i in g)]
 
-    def role(self, i: int, strategy: "int | str | Strategy" = 2, include_upsample: bool = False,
-             include_sppf: bool = False) -> str:
+    def role(self, i: int, strategy: "int | str | Strategy" = 2, extra: Iterable[str] = ()) -> str:
         """A short description of conv ``i`` for the per-layer report."""
         if i in self.detect_convs:
             return "detect head"
-        why = self.exclusion(i, strategy, include_upsample, include_sppf)
+        why = self.exclusion(i, strategy, extra)
         group = self.group_index.get(i)
         tag = ""
         if group is not None:
@@ -278,7 +280,7 @@ def analyse(cfg: ModelCfg) -> PruneGraph:
         if "upsample" in reader_types:
             opts.add("upsample")
         if "maxpool" in reader_types:
-            opts.add("maxpool")
+            opts.add("sppf")
         if opts:
             optional[i] = frozenset(opts)
     group_index = {m: k for k, g in enumerate(groups) for m in g}
@@ -290,7 +292,7 @@ def prunable_layers(cfg: ModelCfg, strategy: "int | str | Strategy" = 2, include
                     include_sppf: bool = False) -> list[int]:
     """Conv layers ``strategy`` prunes: 1 -> the ``--prune 0`` set (no shortcut groups);
     2, 3, '8x' -> the ``--prune 1`` set (every prunable BN conv, groups included)."""
-    return analyse(cfg).prunable(strategy, include_upsample, include_sppf)
+    return analyse(cfg).prunable(strategy, extra_layers(include_upsample, include_sppf))
 
 
 def sparsity_layers(cfg: ModelCfg, prune: int, include_upsample: bool = False,

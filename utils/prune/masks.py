@@ -5,10 +5,10 @@ masks live on the gammas' device.
 
 Threshold boundary (a documented choice). For a ratio ``p`` over ``N`` ranked gammas, ``k = floor(N*p)``
 channels are meant to go: the ``k`` smallest ``|gamma|``. Strategies 1 and 2 keep ``|gamma| >= v[k]``
-(the seed's rule; a value tied with the k-th smallest survives), strategies 3 and 8x keep
-``|gamma| > v[k-1]`` (the seed's strict rule; ties with the last removed value go too). Both remove
+(the original yolov5_prune's rule; a value tied with the k-th smallest survives), strategies 3 and 8x
+keep ``|gamma| > v[k-1]`` (its strict rule; ties with the last removed value go too). Both remove
 exactly the ``k`` smallest when there are no ties, and **ratio 0 removes nothing** under both rules
-(the seed's strict rule with ``v[k]`` would remove the smallest channel even at ratio 0).
+(the original strict rule with ``v[k]`` would remove the smallest channel even at ratio 0).
 """
 from __future__ import annotations
 
@@ -17,22 +17,14 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .strategy import Strategy, get_strategy
+from .options import PruneOptions, validate_layer_keep, validate_ratio
+from .strategy import Strategy
 
 __all__ = [
     "validate_ratio", "ranked_gammas", "global_threshold", "threshold_mask", "min_keep", "round_up",
     "top_up", "channel_mask", "group_score", "union", "group_mask", "safe_ratio", "ranking_layers",
     "compute_masks", "weighted_gammas",
 ]
-
-
-def validate_ratio(ratio: float, flag: str = "ratio") -> float:
-    """``ratio`` as a float in [0, 1); anything else is an error naming ``flag``."""
-    ratio = float(ratio)
-    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
-        raise ValueError(f"{flag} must be in [0, 1): the fraction of channels to remove "
-                         f"(1.0 would remove every channel), got {ratio}")
-    return ratio
 
 
 def weighted_gammas(gammas: Mapping[int, torch.Tensor], weights: Mapping[int, float]) -> dict[int, torch.Tensor]:
@@ -82,9 +74,7 @@ def threshold_mask(gamma: torch.Tensor, threshold: float, inclusive: bool) -> to
 
 def min_keep(width: int, layer_keep: float) -> int:
     """Per-layer floor ``max(floor(width * layer_keep), 1)``: no layer is ever emptied."""
-    if not 0.0 <= layer_keep <= 1.0:
-        raise ValueError(f"--layer_keep must be in [0, 1], got {layer_keep}")
-    return max(int(math.floor(width * layer_keep)), 1)
+    return max(int(math.floor(width * validate_layer_keep(layer_keep))), 1)
 
 
 def round_up(count: int, width: int, multiple: int) -> int:
@@ -153,45 +143,52 @@ def ranking_layers(prunable: Sequence[int], groups: Sequence[Sequence[int]], str
     return [i for i in prunable if i not in followers]
 
 
-def safe_ratio(gammas: Mapping[int, torch.Tensor], layers: Sequence[int]) -> float:
+def safe_ratio(gammas: "Mapping[int, torch.Tensor] | Sequence[torch.Tensor]",
+               layers: Sequence[int] | None = None) -> float:
     """Largest ratio at which no layer of ``layers`` loses all its channels to the threshold.
 
     Any threshold above ``min over layers of max |gamma|`` empties a layer; the safe ratio is the
     share of ranked values below that level (the first index whose value reaches it).
+    ``gammas``: layer -> BN weight (``layers`` picks among them, default all), or a sequence of
+    per-layer gammas; signs do not matter. No layers: 0.0.
     """
-    ranked = ranked_gammas([gammas[i] for i in layers])
-    level = min(float(gammas[i].detach().abs().max()) for i in layers)
+    if layers is None:
+        chosen = list(gammas.values()) if isinstance(gammas, Mapping) else list(gammas)
+    else:
+        chosen = [gammas[i] for i in layers]
+    if not chosen:
+        return 0.0
+    ranked = ranked_gammas(chosen)
+    level = min(float(g.detach().abs().max()) for g in chosen)
     return int((ranked < level).sum()) / ranked.numel()
 
 
 def compute_masks(gammas: Mapping[int, torch.Tensor], prunable: Sequence[int],
-                  groups: Sequence[Sequence[int]], strategy: "int | str | Strategy", ratio: float,
-                  layer_keep: float = 0.0, round_to: int | None = None) -> dict[int, torch.Tensor]:
-    """Masks for every layer in ``prunable``.
+                  groups: Sequence[Sequence[int]], options: PruneOptions) -> dict[int, torch.Tensor]:
+    """Masks for every layer in ``prunable`` under ``options`` (strategy, ratio, layer_keep, round_to).
 
-    ``gammas``: layer -> BN weight; ``groups``: shortcut groups fully inside ``prunable`` (each
-    sorted, leader first); ``round_to`` defaults to the strategy's (8 for '8x', else 1).
+    ``gammas``: layer -> BN weight (or ranking score); ``groups``: shortcut groups fully inside
+    ``prunable`` (each sorted, leader first).
     """
-    strategy = get_strategy(strategy)
-    round_to = strategy.round_to if round_to is None else int(round_to)
-    groups = [tuple(g) for g in groups if strategy.prunes_groups]
+    s = options.strategy
+    groups = [tuple(g) for g in groups if s.prunes_groups]
     in_group = {m for g in groups for m in g}
-    ranked = ranked_gammas([gammas[i] for i in ranking_layers(prunable, groups, strategy)])
-    threshold = global_threshold(ranked, ratio, strategy.inclusive)
+    ranked = ranked_gammas([gammas[i] for i in ranking_layers(prunable, groups, s)])
+    threshold = global_threshold(ranked, options.ratio, s.inclusive)
 
     masks: dict[int, torch.Tensor] = {}
     for i in prunable:
         if i not in in_group:
-            floor = min_keep(gammas[i].numel(), layer_keep)
-            masks[i] = channel_mask(gammas[i], threshold, strategy.inclusive, floor, round_to)
+            floor = min_keep(gammas[i].numel(), options.layer_keep)
+            masks[i] = channel_mask(gammas[i], threshold, s.inclusive, floor, options.round_to)
     for g in groups:
         members = [gammas[m] for m in g]
-        if strategy.group_rule == "leader":
-            base = threshold_mask(members[0], threshold, strategy.inclusive)
+        floor = min_keep(members[0].numel(), options.layer_keep)
+        if s.group_rule == "leader":
+            base = threshold_mask(members[0], threshold, s.inclusive)
         else:  # union of the members' own (floored) masks
-            floor = min_keep(members[0].numel(), layer_keep)
-            base = union([channel_mask(gm, threshold, strategy.inclusive, floor) for gm in members])
-        shared = group_mask(members, base, min_keep(members[0].numel(), layer_keep), round_to)
+            base = union([channel_mask(gm, threshold, s.inclusive, floor) for gm in members])
+        shared = group_mask(members, base, floor, options.round_to)
         for m in g:
             masks[m] = shared
     return masks

@@ -2,26 +2,31 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+from terminaltables import AsciiTable
+
+from utils.fileio import atomic_write_text
 
 from .graph import PruneGraph
 from .strategy import Strategy
 from .surgery import channel_counts
 
-__all__ = ["layer_rows", "metric_table", "layer_table", "write_json", "write_text", "plot_channels",
+__all__ = ["layer_rows", "metric_table", "layer_table", "write_json", "plot_channels",
            "sparsity_warning", "gamma_quantiles"]
 
 
 def layer_rows(graph: PruneGraph, masks: Mapping[int, torch.Tensor], strategy: Strategy,
-               include_upsample: bool = False, include_sppf: bool = False) -> list[dict]:
-    """One row per conv: layer, role, input and output channels before/after."""
+               extra: Iterable[str] = ()) -> list[dict]:
+    """One row per conv: layer, role, input and output channels before/after.
+
+    ``extra``: the extra-layer options of the run (see :data:`~utils.prune.options.EXTRA_LAYERS`).
+    """
     counts = channel_counts(graph, masks)
-    return [{"layer": i, "role": graph.role(i, strategy, include_upsample, include_sppf),
+    extra = frozenset(extra)
+    return [{"layer": i, "role": graph.role(i, strategy, extra),
              "in_before": counts[i][0], "in_after": counts[i][1],
              "before": counts[i][2], "after": counts[i][3]} for i in graph.convs]
 
@@ -41,13 +46,11 @@ def _fmt(value: Any, kind: str) -> str:
 
 
 def metric_table(figures: Mapping[str, Any], device: str = "") -> str:
-    """The seed's table (Metric | Before | After); Before = the original model, After = compact.
+    """The original yolov5_prune's table (Metric | Before | After); Before = the original model, After = compact.
 
     ``figures`` keys: ``mAP50``/``mAP50_95`` as ``{"original", "masked", "compact"}``, and
     ``params``/``flops``/``latency_ms`` as ``{"before", "after"}``.
     """
-    from terminaltables import AsciiTable
-
     rows = [["Metric", "Before", "After"]]
     for key, label in (("mAP50", "mAP@.5"), ("mAP50_95", "mAP@.5:.95")):
         m = figures.get(key) or {}
@@ -63,34 +66,15 @@ def metric_table(figures: Mapping[str, Any], device: str = "") -> str:
 
 def layer_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Per-layer channel table (every conv)."""
-    from terminaltables import AsciiTable
-
     data = [["Layer", "Role", "In before", "In after", "Out before", "Out after"]]
     data += [[str(r["layer"]), r["role"], str(r["in_before"]), str(r["in_after"]),
               str(r["before"]), str(r["after"])] for r in rows]
     return AsciiTable(data).table
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write text atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual text-file mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_json(path: str | Path, report: Mapping[str, Any]) -> Path:
-    return write_text(path, json.dumps(report, indent=2, default=str) + "\n")
+    """The report as indented JSON, written atomically."""
+    return atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
 
 
 def plot_channels(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -114,7 +98,7 @@ def plot_channels(rows: Sequence[Mapping[str, Any]], path: str | Path, title: st
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, format="png")  # the format by name: staged outputs have a temporary suffix
     return path
 
 
@@ -142,7 +126,11 @@ def sparsity_warning(history: Sequence[Mapping[str, Any]], strategy: Strategy, w
     return None
 
 
-def gamma_quantiles(gammas: Sequence[torch.Tensor], qs: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict:
-    """Quantiles of |gamma| over the ranked layers (shows at a glance whether sparsity worked)."""
-    values = torch.cat([g.detach().abs().flatten().float().cpu() for g in gammas])
-    return {f"q{int(q * 100)}": float(values.quantile(q)) for q in qs}
+def gamma_quantiles(gammas: Sequence[torch.Tensor],
+                    qs: Sequence[float] = (0.1, 0.25, 0.5, 0.75, 0.9)) -> dict[str, float]:
+    """Quantiles of |gamma| over the given layers (shows at a glance whether sparsity worked):
+    ``{"q10": ..., "q50": ...}`` with keys in whole percent (``q0`` is the minimum, ``q100`` the
+    maximum). No gammas: every quantile is 0.0."""
+    values = (torch.cat([g.detach().abs().flatten().float().cpu() for g in gammas]) if len(gammas)
+              else torch.zeros(1))
+    return {f"q{round(q * 100)}": float(values.quantile(q)) for q in qs}

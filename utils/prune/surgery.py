@@ -16,18 +16,11 @@ from models.cfg import ModelCfg, validate
 from models.darknet import Darknet
 
 from .absorb import conv_key
+from .errors import PruneError, VerificationError
 from .graph import IMAGE, PruneGraph
 
 __all__ = ["PruneError", "VerificationError", "input_keep", "compact_cfg", "compact_state",
            "model_from_state", "verify_size", "verify", "channel_counts"]
-
-
-class PruneError(RuntimeError):
-    """Masks or weights that cannot be turned into a valid compact model."""
-
-
-class VerificationError(PruneError):
-    """The compact model does not reproduce the absorbed full-size model."""
 
 
 def _segment_keep(graph_layer: int, seg, masks: Mapping[int, torch.Tensor]) -> torch.Tensor | None:
@@ -171,9 +164,7 @@ def channel_counts(graph: PruneGraph, masks: Mapping[int, torch.Tensor]) -> dict
     """conv -> (in before, in after, out before, out after) for the compact model."""
     counts = {}
     for i in graph.convs:
-        layer = graph.cfg.layers[i]
-        j = layer.inputs[0]
-        cin = graph.cfg.in_channels if j < 0 else graph.cfg.channels[j]
+        cin = graph.cfg.in_width(graph.cfg.layers[i].inputs[0])
         keep = input_keep(graph, i, masks)
         cout = graph.cfg.channels[i]
         counts[i] = (cin, cin if keep is None else int(keep.sum()), cout,

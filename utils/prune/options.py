@@ -1,0 +1,123 @@
+"""Pruning options as one frozen value: what to prune, how much, and with which ranking.
+
+:class:`PruneOptions` travels through :func:`~utils.prune.pipeline.plan`,
+:func:`~utils.prune.pipeline.prune` and :func:`~utils.prune.pipeline.search_ratio` instead of a
+dozen loose arguments. It is validated once, when it is made; every range error names the
+command-line flag that sets the value.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from .errors import OptionError
+from .strategy import Strategy, get_strategy
+
+__all__ = ["PruneOptions", "Target", "EXTRA_LAYERS", "extra_layers", "validate_ratio", "validate_layer_keep"]
+
+# Layers no strategy prunes unless asked: option name -> the flag that asks.
+EXTRA_LAYERS = {"upsample": "--include-upsample", "sppf": "--include-sppf"}
+METRICS = ("flops", "params")
+
+
+def extra_layers(include_upsample: bool = False, include_sppf: bool = False) -> frozenset[str]:
+    """The names of :data:`EXTRA_LAYERS` that the two command-line switches ask for."""
+    return frozenset(n for n, on in (("upsample", include_upsample), ("sppf", include_sppf)) if on)
+
+
+def validate_ratio(ratio: float, flag: str = "ratio") -> float:
+    """``ratio`` as a float in [0, 1); anything else is an error naming ``flag``."""
+    ratio = float(ratio)
+    if not (0.0 <= ratio < 1.0) or math.isnan(ratio):
+        raise OptionError(f"{flag} must be in [0, 1): the fraction of channels to remove "
+                          f"(1.0 would remove every channel), got {ratio}")
+    return ratio
+
+
+def validate_layer_keep(layer_keep: float, flag: str = "--layer_keep") -> float:
+    """``layer_keep`` as a float in [0, 1] (the library's range; the command line also refuses 0 and 1)."""
+    layer_keep = float(layer_keep)
+    if not 0.0 <= layer_keep <= 1.0:
+        raise OptionError(f"{flag} must be in [0, 1], got {layer_keep}")
+    return layer_keep
+
+
+@dataclass(frozen=True)
+class Target:
+    """Keep at most ``fraction`` of the original ``metric`` (``"flops"`` or ``"params"``)."""
+
+    metric: str
+    fraction: float
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise OptionError(f"metric must be 'flops' or 'params', got {self.metric!r}")
+        if not 0.0 < float(self.fraction) <= 1.0 or math.isnan(self.fraction):
+            raise OptionError(f"{self.flag} must be a fraction of the original in (0, 1], got {self.fraction}")
+        object.__setattr__(self, "fraction", float(self.fraction))
+
+    @property
+    def flag(self) -> str:
+        return f"--target-{self.metric}"
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    """Everything that decides the masks.
+
+    ``strategy``: a :class:`Strategy` (or 1, 2, 3, '8x'); ``ratio``: fraction of the ranked channels
+    to remove, [0, 1); ``layer_keep``: every layer keeps at least ``max(floor(C*layer_keep), 1)``;
+    ``round_to``: kept counts rounded up to a multiple of it (None: the strategy's own, 8 for '8x');
+    ``extra``: names from :data:`EXTRA_LAYERS` whose layers become prunable; ``weights``: layer ->
+    positive factor of a cost-aware ranking (``|gamma| / weight``; None: plain ``|gamma|``);
+    ``target``: the FLOPs/parameter budget :func:`~utils.prune.pipeline.search_ratio` meets.
+    """
+
+    strategy: Strategy
+    ratio: float = 0.0
+    layer_keep: float = 0.0
+    round_to: int | None = None
+    extra: frozenset[str] = frozenset()
+    weights: Mapping[int, float] | None = field(default=None, compare=False)
+    target: Target | None = None
+
+    def __post_init__(self) -> None:
+        s = get_strategy(self.strategy)
+        set_ = object.__setattr__  # frozen: normalise the fields once, here
+        set_(self, "strategy", s)
+        set_(self, "ratio", validate_ratio(self.ratio, s.ratio_flag))
+        set_(self, "layer_keep", validate_layer_keep(self.layer_keep))
+        round_to = s.round_to if self.round_to is None else int(self.round_to)
+        if round_to < 1:
+            raise OptionError(f"--round-to must be a positive channel multiple, got {self.round_to}")
+        set_(self, "round_to", round_to)
+        extra = frozenset(self.extra)
+        if extra - set(EXTRA_LAYERS):
+            raise OptionError(f"unknown extra layers {sorted(extra - set(EXTRA_LAYERS))} "
+                              f"(known: {', '.join(EXTRA_LAYERS)})")
+        set_(self, "extra", extra)
+        if self.weights is not None:
+            set_(self, "weights", MappingProxyType({int(i): float(w) for i, w in self.weights.items()}))
+
+    @classmethod
+    def make(cls, strategy: "int | str | Strategy", ratio: float = 0.0, *, include_upsample: bool = False,
+             include_sppf: bool = False, **kw) -> "PruneOptions":
+        """Options with the extra layers given as the two command-line switches."""
+        return cls(strategy, ratio, extra=extra_layers(include_upsample, include_sppf), **kw)
+
+    @property
+    def include_upsample(self) -> bool:
+        return "upsample" in self.extra
+
+    @property
+    def include_sppf(self) -> bool:
+        return "sppf" in self.extra
+
+    @property
+    def cost_aware(self) -> bool:
+        return self.weights is not None
+
+    def with_ratio(self, ratio: float) -> "PruneOptions":
+        return replace(self, ratio=ratio)

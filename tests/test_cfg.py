@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from models.cfg import CfgError, format_cfg, parse_cfg, read_cfg
-from models.checkpoint import load_cfg_file
+from models import load_cfg_file
 from models.translate import yaml_to_cfg
 
 ROOT = Path(__file__).resolve().parents[1]

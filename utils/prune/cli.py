@@ -16,7 +16,7 @@ import torch
 
 from models import load_cfg_file, load_checkpoint, make_checkpoint, model_from_checkpoint, save_checkpoint
 from models.cfg import format_cfg
-from models.checkpoint import check_cfg_matches
+from models import check_cfg_matches
 
 from .absorb import bn_key
 from .masks import ranking_layers, validate_ratio

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from utils.errors import UserError
+
 __all__ = [
     "CfgError", "Layer", "ModelCfg", "parse_cfg", "read_cfg", "format_cfg", "ACTIVATIONS",
 ]
@@ -25,8 +27,8 @@ __all__ = [
 ACTIVATIONS = ("silu", "swish", "leaky", "linear", "relu", "mish", "hardswish", "logistic")
 
 
-class CfgError(ValueError):
-    """A cfg file is malformed; the message names the file and line."""
+class CfgError(UserError, ValueError):
+    """A model description is malformed; the message names the file, the line and what to fix."""
 
 
 def _int(value: str) -> int:
@@ -175,7 +177,8 @@ class ModelCfg:
         new = self.copy()
         ys = new.yolo_indices
         if anchors is not None and len(anchors) != len(ys):
-            raise CfgError(f"{self.path}: {len(anchors)} anchor levels given for {len(ys)} [yolo] layers")
+            raise CfgError(f"{self.path}: {len(anchors)} anchor levels given for {len(ys)} [yolo] layers; "
+                           f"give one anchor list per detection level")
         flat = [a for level in anchors for a in level] if anchors is not None else None
         start = 0
         for k, i in enumerate(ys):
@@ -379,7 +382,7 @@ def read_cfg(path: str | Path) -> ModelCfg:
     """Read and parse a ``.cfg`` file; a clear error for missing files and yaml given as cfg."""
     path = Path(path)
     if not path.is_file():
-        raise CfgError(f"{path}: cfg file not found")
+        raise CfgError(f"{path}: cfg file not found; check the path given to --cfg")
     if path.suffix.lower() in (".yaml", ".yml"):
         raise CfgError(f"{path}: this is a yaml model description; use models.build_model() "
                        f"or pass it where a .yaml or .cfg is accepted")

@@ -293,13 +293,14 @@ def _row(row, i: int, at: str, nc: int) -> _Row:
         raise CfgError(f"{at}: module {m!r} is not supported "
                        f"(supported: Conv, C3, SPPF, nn.Upsample, Concat, Detect)")
     _, many, repeats = _ROW_BUILDERS[m]
+    at = f"{at} ({m})"
     if not _is_int(n) or n < 1 or (n > 1 and not repeats):
-        allowed = "a positive integer" if repeats else "1 for this module"
+        allowed = "a positive integer" if repeats else f"1 for {m}"
         raise CfgError(f"{at}: number {n!r} must be {allowed}")
     if not isinstance(args, list):
         raise CfgError(f"{at}: args {args!r} must be a list")
     args = [nc if a == "nc" else None if a == "None" else a for a in args]  # upstream's spellings
-    return _Row(i, _check_from(f, i, f"{at} ({m})", many), n, m, args, f"{at} ({m})")
+    return _Row(i, _check_from(f, i, at, many), n, m, args, at)
 
 
 def _model_rows(d: dict) -> list:
@@ -390,7 +391,7 @@ def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[
     out: dict[int, int] = {}  # block index -> cfg index of its output
     detect_k = next((k for k, b in enumerate(blocks) if isinstance(b, DetectBlock)), None)
     if detect_k is None:
-        raise CfgError(f"{path}: the model has no Detect block")
+        raise CfgError(f"{path}: the model has no Detect block; add a Detect row at the end of 'head'")
     det: DetectBlock = blocks[detect_k]
     det_inputs = [detect_k + f if f < 0 else f for f in det.f]  # relative to the Detect block
     if det_inputs != sorted(det_inputs):

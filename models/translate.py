@@ -384,11 +384,40 @@ class _Emitter:
         self.keymap[name] = i
         return i
 
+    def c3(self, b: C3Block, src: int, name: str) -> int:
+        """cv2, route back, cv1, bottlenecks (with shortcuts), concat(m, cv2), cv3."""
+        cv2 = self.conv(b.cv2, src, f"{name}.cv2")
+        x = self.conv(b.cv1, src, f"{name}.cv1")
+        for j, (c1, c2) in enumerate(b.m):
+            inp = x
+            self.conv(c1, x, f"{name}.m.{j}.cv1")
+            x = self.conv(c2, self.last, f"{name}.m.{j}.cv2")
+            if b.shortcut:
+                x = self.add("shortcut", {"from": inp, "activation": "linear"}, (x, inp))
+        self.add("route", {"layers": [x, cv2]}, (x, cv2))
+        return self.conv(b.cv3, self.last, f"{name}.cv3")
 
-def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[ModelCfg, dict[str, int]]:
-    """Lay blocks out as cfg layers; returns the cfg and {upstream module name: cfg index}."""
-    e = _Emitter(ch)
-    out: dict[int, int] = {}  # block index -> cfg index of its output
+    def sppf(self, b: SPPFBlock, src: int, name: str) -> int:
+        """cv1, three chained maxpools, concat of all four, cv2."""
+        cv1 = self.conv(b.cv1, src, f"{name}.cv1")
+        for _ in range(3):
+            self.add("maxpool", {"size": b.k, "stride": 1}, (self.last,))
+        self.add("route", {"layers": [cv1, cv1 + 1, cv1 + 2, cv1 + 3]}, (cv1, cv1 + 1, cv1 + 2, cv1 + 3))
+        return self.conv(b.cv2, self.last, f"{name}.cv2")
+
+    def detect_level(self, det: DetectBlock, level: int, src: int, name: str) -> None:
+        """Detection conv ``{name}.m.{level}`` and its ``[yolo]`` (all anchors listed, masked per level)."""
+        start = sum(len(a) for a in det.anchors[:level])
+        na = len(det.anchors[level])
+        all_anchors = [v for lv in det.anchors for a in lv for v in a]
+        filters = det.filters[level] if det.filters else na * (5 + det.nc)
+        self.conv(ConvSpec(filters, 1, 1, 0, act="linear", bn=False), src, f"{name}.m.{level}")
+        self.add("yolo", {"mask": list(range(start, start + na)), "anchors": all_anchors,
+                          "classes": det.nc, "num": len(all_anchors) // 2}, (self.last,))
+
+
+def _find_detect(blocks: list[Block], path: str) -> tuple[int, DetectBlock, list[int]]:
+    """(block index, the Detect block, absolute indices of the blocks it reads), checked."""
     detect_k = next((k for k, b in enumerate(blocks) if isinstance(b, DetectBlock)), None)
     if detect_k is None:
         raise CfgError(f"{path}: the model has no Detect block; add a Detect row at the end of 'head'")
@@ -399,12 +428,28 @@ def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[
     if not all(0 <= j < detect_k for j in det_inputs) or len(det_inputs) != len(det.anchors):
         raise CfgError(f"{path}: Detect (block {detect_k}) reads blocks {det_inputs} with "
                        f"{len(det.anchors)} anchor levels; it needs one earlier block per level")
-    all_anchors = [v for level in det.anchors for a in level for v in a]
-    start = 0
-    masks = []
-    for level in det.anchors:
-        masks.append(list(range(start, start + len(level))))
-        start += len(level)
+    return detect_k, det, det_inputs
+
+
+def _emit_block(e: _Emitter, b: Block, srcs: list[int], name: str) -> int:
+    """Layers of one non-Detect block reading cfg layers ``srcs``; returns its output layer."""
+    if isinstance(b, ConvBlock):
+        return e.conv(b.conv, srcs[0], name)
+    if isinstance(b, C3Block):
+        return e.c3(b, srcs[0], name)
+    if isinstance(b, SPPFBlock):
+        return e.sppf(b, srcs[0], name)
+    if isinstance(b, UpsampleBlock):
+        e.source(srcs[0])
+        return e.add("upsample", {"stride": b.scale}, (e.last,))
+    return e.add("route", {"layers": srcs}, tuple(srcs))  # ConcatBlock
+
+
+def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[ModelCfg, dict[str, int]]:
+    """Lay blocks out as cfg layers; returns the cfg and {upstream module name: cfg index}."""
+    e = _Emitter(ch)
+    out: dict[int, int] = {}  # block index -> cfg index of its output
+    detect_k, det, det_inputs = _find_detect(blocks, path)
 
     def ref(f: int, k: int) -> int:
         j = k + f if f < 0 else f
@@ -416,42 +461,12 @@ def emit(blocks: list[Block], ch: int = 3, path: str = "<translated>") -> tuple[
         return out[j]
 
     for k, b in enumerate(blocks):
-        name = f"model.{k}"
-        if isinstance(b, ConvBlock):
-            out[k] = e.conv(b.conv, ref(b.f, k), name)
-        elif isinstance(b, C3Block):
-            src = ref(b.f, k)
-            cv2 = e.conv(b.cv2, src, f"{name}.cv2")
-            x = e.conv(b.cv1, src, f"{name}.cv1")
-            for j, (c1, c2) in enumerate(b.m):
-                inp = x
-                e.conv(c1, x, f"{name}.m.{j}.cv1")
-                x = e.conv(c2, e.last, f"{name}.m.{j}.cv2")
-                if b.shortcut:
-                    x = e.add("shortcut", {"from": inp, "activation": "linear"}, (x, inp))
-            e.add("route", {"layers": [x, cv2]}, (x, cv2))
-            out[k] = e.conv(b.cv3, e.last, f"{name}.cv3")
-        elif isinstance(b, SPPFBlock):
-            cv1 = e.conv(b.cv1, ref(b.f, k), f"{name}.cv1")
-            for _ in range(3):
-                e.add("maxpool", {"size": b.k, "stride": 1}, (e.last,))
-            e.add("route", {"layers": [cv1, cv1 + 1, cv1 + 2, cv1 + 3]}, (cv1, cv1 + 1, cv1 + 2, cv1 + 3))
-            out[k] = e.conv(b.cv2, e.last, f"{name}.cv2")
-        elif isinstance(b, UpsampleBlock):
-            e.source(ref(b.f, k))
-            out[k] = e.add("upsample", {"stride": b.scale}, (e.last,))
-        elif isinstance(b, ConcatBlock):
-            srcs = [ref(f, k) for f in b.f]
-            out[k] = e.add("route", {"layers": srcs}, tuple(srcs))
-        elif isinstance(b, DetectBlock):
+        if isinstance(b, DetectBlock):
             continue  # emitted level by level after the blocks that feed it
+        srcs = [ref(f, k) for f in (b.f if isinstance(b.f, list) else [b.f])]
+        out[k] = _emit_block(e, b, srcs, f"model.{k}")
         if k in det_inputs:
-            level = det_inputs.index(k)
-            na = len(det.anchors[level])
-            filters = det.filters[level] if det.filters else na * (5 + det.nc)
-            e.conv(ConvSpec(filters, 1, 1, 0, act="linear", bn=False), out[k], f"model.{detect_k}.m.{level}")
-            e.add("yolo", {"mask": masks[level], "anchors": list(all_anchors),
-                           "classes": det.nc, "num": len(all_anchors) // 2}, (e.last,))
+            e.detect_level(det, det_inputs.index(k), out[k], f"model.{detect_k}")
     cfg = ModelCfg(net={"channels": ch}, layers=e.layers, path=path)
     return validate(cfg), e.keymap
 

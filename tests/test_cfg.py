@@ -324,3 +324,13 @@ def test_malformed_yaml_structure(tmp_path, text, fragment):
 def test_cfg_errors_are_user_errors():
     from utils.errors import UserError
     assert issubclass(CfgError, UserError) and issubclass(CfgError, ValueError)
+
+
+@pytest.mark.parametrize("old, new, line", [
+    ("stride=2\n", "stride=0\n", 8), ("size=3\n", "size=0\n", 7), ("filters=8\n", "filters=0\n", 6),
+    ("pad=1\n", "pad=1\ngroups=0\n", 10), ("pad=1\n", "padding=-1\n", 9), ("classes=1\n", "classes=0\n", 20),
+])
+def test_zero_sizes_are_cfg_errors(old, new, line):
+    """Values that would divide by zero or build empty layers name their line."""
+    with pytest.raises(CfgError, match=rf"^z\.cfg:{line}: .*must be"):
+        parse_cfg(CLEAN.replace(old, new, 1), "z.cfg")

@@ -209,7 +209,8 @@ def _strip_comment(line: str) -> str:
 
 
 def _error(path: str, line: int, msg: str) -> CfgError:
-    return CfgError(f"{path}:{line}: {msg}")
+    """``path:line: msg``; layers built in code (line 0, e.g. translated from a yaml) give ``path: msg``."""
+    return CfgError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
 
 
 def _convert_net_value(value: str) -> Any:

@@ -225,6 +225,10 @@ def _conv_row(r: _Row, net: _Net) -> tuple[Block, int]:
     _check_args(r, 1, 5, "[channels, kernel, stride, padding, groups]")
     spec = ConvSpec(_width_arg(r, net), _int_arg(r, 1, "kernel", 1), _int_arg(r, 2, "stride", 1),
                     _int_arg(r, 3, "padding", None, low=0, none_ok=True), _int_arg(r, 4, "groups", 1))
+    c1 = net.width(r.i + r.f if r.f < 0 else r.f)
+    if c1 % spec.g or spec.c2 % spec.g:
+        raise CfgError(f"{r.at}: groups={spec.g} does not divide the {c1} input channels and "
+                       f"{spec.c2} output channels")
     return ConvBlock(r.f, spec), spec.c2
 
 

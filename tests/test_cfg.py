@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from models.cfg import CfgError, format_cfg, parse_cfg, read_cfg
 from models import load_cfg_file
-from models.translate import yaml_to_cfg
+from models.cfg import CfgError, format_cfg, parse_cfg, read_cfg
+from models.translate import emit, load_yaml, yaml_blocks, yaml_to_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "cfg").glob("*.cfg"))
@@ -334,3 +334,15 @@ def test_zero_sizes_are_cfg_errors(old, new, line):
     """Values that would divide by zero or build empty layers name their line."""
     with pytest.raises(CfgError, match=rf"^z\.cfg:{line}: .*must be"):
         parse_cfg(CLEAN.replace(old, new, 1), "z.cfg")
+
+
+def test_groups_that_do_not_divide_name_the_row(tmp_path):
+    rows = list(GOOD_ROWS)
+    rows[1] = "[-1, 1, Conv, [128, 3, 2, 1, 3]]"  # groups=3 does not divide 16 input channels
+    path = _model_yaml(tmp_path, rows)
+    with pytest.raises(CfgError, match=rf"^{re.escape(str(path))}:8: layer 1 \(Conv\): groups=3 does not divide"):
+        load_cfg_file(path)
+    blocks = yaml_blocks(load_yaml(_model_yaml(tmp_path)))
+    blocks[1].conv.g = 3  # the same mistake in blocks built in code: the cfg check names the source
+    with pytest.raises(CfgError, match=r"^blocks: groups=3 does not divide"):
+        emit(blocks, path="blocks")

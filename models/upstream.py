@@ -308,8 +308,10 @@ def find_upstream_model(obj: Any, where: str = "file") -> tuple[UpstreamModel, s
             if isinstance(obj.get(key), UpstreamModel):
                 return obj[key], key
         keys = sorted(str(k) for k in obj)[:10]
-        raise UpstreamError(f"{where}: no YOLOv5 model in this checkpoint (keys: {keys})")
-    raise UpstreamError(f"{where}: holds a {type(obj).__name__}, not a YOLOv5 checkpoint")
+        raise UpstreamError(f"{where}: no YOLOv5 model in this checkpoint (keys: {keys}); pass a "
+                            f"YOLOv5 v6.x/v7.0 checkpoint or one written by this toolkit")
+    raise UpstreamError(f"{where}: holds a {type(obj).__name__}, not a YOLOv5 checkpoint; pass a "
+                        f"YOLOv5 v6.x/v7.0 checkpoint or one written by this toolkit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,7 +529,11 @@ def import_upstream(path: str | Path, verbose: bool = True) -> dict:
     where = str(path)
     obj = load_upstream_pickle(path)
     upstream, which = find_upstream_model(obj, where)
-    model, _ = upstream_to_model(upstream, where)
+    try:
+        model, _ = upstream_to_model(upstream, where)
+    except UpstreamError as e:
+        raise UpstreamError(f"{e}; only YOLOv5 v6.x/v7.0 detection models built from Conv, C3, SPPF, "
+                            f"nn.Upsample, Concat and Detect can be imported") from None
     nc = model.nc
     model.names = _names(upstream, obj, nc, where)
     hyp = getattr(upstream, "hyp", None)

@@ -45,7 +45,7 @@ from .darknet import Darknet
 
 __all__ = [
     "FORMAT", "CheckpointError", "atomic_save", "save_checkpoint", "make_checkpoint", "is_checkpoint",
-    "read_checkpoint", "state_checksum", "verify_checksum", "to_plain",
+    "read_checkpoint", "looks_like_torch_file", "state_checksum", "verify_checksum", "to_plain",
 ]
 
 FORMAT = "yolov5-prune/1"

@@ -295,6 +295,8 @@ def load_upstream_pickle(path: str | Path) -> Any:
 
 def _unreadable(path: Path, e: Exception) -> UpstreamError:
     reason = (str(e).splitlines() or [""])[0].split(". ")[0][:160]
+    if len(reason) < 12:  # KeyError(32) and the like say nothing by their message alone
+        reason = f"{type(e).__name__} {reason}".strip()
     return UpstreamError(f"{path}: not a readable PyTorch checkpoint ({reason}); the file may be "
                          f"truncated or written by another program; write or download it again")
 

@@ -348,6 +348,7 @@ def test_convert_errors_are_one_sentence(bare_state, tmp_path, monkeypatch, caps
     err = capsys.readouterr().err
     assert err.startswith("convert.py: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert str(weights) in err or case == "disk full"
+    assert "()" not in err and "(32)" not in err
     if case == "disk full":
         assert f"no space left on the device while writing {tmp_path / 'bare_converted.pt'}" in err
     assert not (tmp_path / "bare_converted.pt").exists()

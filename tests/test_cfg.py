@@ -1,9 +1,11 @@
 """cfg text <-> specs: round trips, tolerated syntax, errors that name their line, generated files."""
+import copy
 import importlib.util
 import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from models import load_cfg_file
 from models.cfg import CfgError, format_cfg, parse_cfg, read_cfg
@@ -346,3 +348,33 @@ def test_groups_that_do_not_divide_name_the_row(tmp_path):
     blocks[1].conv.g = 3  # the same mistake in blocks built in code: the cfg check names the source
     with pytest.raises(CfgError, match=r"^blocks: groups=3 does not divide"):
         emit(blocks, path="blocks")
+
+
+BAD_VALUES = [None, "x", [], [[]], -99, 99, 0, 1.5, True, {"a": 1}]
+
+
+def _row_changes(row: list) -> list[tuple[int, int | None, object]]:
+    """(field, argument index or None, value): each field, the whole args and each argument replaced."""
+    changes = [(field, None, v) for field in range(4) for v in BAD_VALUES]
+    changes += [(3, None, [v]) for v in BAD_VALUES]
+    changes += [(3, j, v) for j in range(len(row[3])) for v in BAD_VALUES]
+    return changes
+
+
+def test_no_malformed_row_escapes_as_another_exception():
+    """Every row of yolov5n.yaml with odd values put in: a model or a CfgError, nothing else."""
+    base = yaml.safe_load((ROOT / "models/yolov5n.yaml").read_text())
+    n_backbone, tried = len(base["backbone"]), 0
+    for i, row in enumerate(base["backbone"] + base["head"]):
+        section, k = ("backbone", i) if i < n_backbone else ("head", i - n_backbone)
+        for field, j, value in _row_changes(row):
+            d = copy.deepcopy(base)
+            target = d[section][k] if j is None else d[section][k][3]
+            target[field if j is None else j] = value
+            d["yaml_file"] = "y.yaml"
+            try:
+                yaml_to_cfg(d)
+            except CfgError as e:
+                assert str(e).startswith("y.yaml"), str(e)
+            tried += 1
+    assert tried > 1500

@@ -214,3 +214,15 @@ def test_models_package_imports_run_one_way():
     for name in graph:
         if name != "__init__":
             visit(name, ())
+
+
+def test_package_exports_the_model_api():
+    """Names colleagues import from the package (kept when modules inside it move)."""
+    import models
+    names = ["CfgError", "CheckpointError", "Darknet", "FORMAT", "Layer", "ModelCfg", "UpstreamError",
+             "YOLOLayer", "atomic_save", "build_model", "check_cfg_matches", "format_cfg",
+             "import_upstream", "initialize", "load_cfg_file", "load_checkpoint", "load_model",
+             "make_checkpoint", "model_from_checkpoint", "parse_cfg", "read_cfg", "save_checkpoint",
+             "state_checksum", "validate", "yaml_to_cfg", "_initialize"]
+    assert [n for n in names if not hasattr(models, n)] == []
+    assert set(models.__all__) <= set(dir(models))

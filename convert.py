@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from models.cfg import CfgError
-from models.checkpoint import CheckpointError, atomic_save, load_checkpoint
+from models import atomic_save, load_checkpoint
+from utils.errors import UserError, cli_main
+from utils.fileio import atomic_write_text
 
 
 def default_output(weights: Path) -> Path:
@@ -31,23 +32,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     weights = Path(args.weights)
     output = Path(args.output) if args.output else default_output(weights)
     if output.resolve() == weights.resolve():
-        print(f"convert.py: error: --output {output} would overwrite the input", file=sys.stderr)
-        return 2
-    try:
-        ckpt = load_checkpoint(weights, cfg=args.cfg)
-    except (CheckpointError, CfgError) as e:
-        print(f"convert.py: error: {e}", file=sys.stderr)
-        return 1
+        raise UserError(f"--output {output} would overwrite the input; choose another --output")
+    ckpt = load_checkpoint(weights, cfg=args.cfg)
     atomic_save(ckpt, output)
     print(f"wrote {output} ({len(ckpt['names'])} classes, strides {ckpt['stride']})")
     if args.save_cfg:
-        cfg_path = output.with_suffix(".cfg")
-        cfg_path.write_text(ckpt["cfg"])
+        cfg_path = atomic_write_text(output.with_suffix(".cfg"), ckpt["cfg"])
         print(f"wrote {cfg_path}")
     return 0
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from utils.errors import UserError
+
 __all__ = [
     "CfgError", "Layer", "ModelCfg", "parse_cfg", "read_cfg", "format_cfg", "ACTIVATIONS",
 ]
@@ -25,8 +27,8 @@ __all__ = [
 ACTIVATIONS = ("silu", "swish", "leaky", "linear", "relu", "mish", "hardswish", "logistic")
 
 
-class CfgError(ValueError):
-    """A cfg file is malformed; the message names the file and line."""
+class CfgError(UserError, ValueError):
+    """A model description is malformed; the message names the file, the line and what to fix."""
 
 
 def _int(value: str) -> int:
@@ -175,7 +177,8 @@ class ModelCfg:
         new = self.copy()
         ys = new.yolo_indices
         if anchors is not None and len(anchors) != len(ys):
-            raise CfgError(f"{self.path}: {len(anchors)} anchor levels given for {len(ys)} [yolo] layers")
+            raise CfgError(f"{self.path}: {len(anchors)} anchor levels given for {len(ys)} [yolo] layers; "
+                           f"give one anchor list per detection level")
         flat = [a for level in anchors for a in level] if anchors is not None else None
         start = 0
         for k, i in enumerate(ys):
@@ -206,7 +209,8 @@ def _strip_comment(line: str) -> str:
 
 
 def _error(path: str, line: int, msg: str) -> CfgError:
-    return CfgError(f"{path}:{line}: {msg}")
+    """``path:line: msg``; layers built in code (line 0, e.g. translated from a yaml) give ``path: msg``."""
+    return CfgError(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
 
 
 def _convert_net_value(value: str) -> Any:
@@ -251,14 +255,13 @@ def parse_cfg(text: str, path: str | Path = "<string>") -> ModelCfg:
     return validate(ModelCfg(net=net, layers=layers, path=path, net_line=net_line))
 
 
-def _parse_layer(path: str, index: int, name: str, lineno: int,
-                 items: list[tuple[str, str, int]]) -> Layer:
-    if name == "net":
-        raise _error(path, lineno, "[net] may only appear once, as the first section")
-    schema = _SCHEMA.get(name)
-    if schema is None:
-        known = ", ".join(f"[{k}]" for k in _SCHEMA)
-        raise _error(path, lineno, f"unknown section [{name}] (known: [net], {known})")
+# Integer options that must be at least 1 (0 would divide by zero or build an empty layer).
+_POSITIVE = ("filters", "size", "stride", "groups", "classes")
+
+
+def _typed_options(path: str, name: str, schema: dict[str, Callable[[str], Any]],
+                   items: list[tuple[str, str, int]]) -> tuple[dict[str, Any], dict[str, int]]:
+    """A section's ``key=value`` items as typed options, and the line of each key."""
     options: dict[str, Any] = {}
     key_lines: dict[str, int] = {}
     for key, value, kline in items:
@@ -271,7 +274,22 @@ def _parse_layer(path: str, index: int, name: str, lineno: int,
             options[key] = conv(value)
         except ValueError:
             raise _error(path, kline, f"bad value {value!r} for {key!r} in [{name}]") from None
+        if key in _POSITIVE and options[key] < 1 or key == "padding" and options[key] < 0:
+            raise _error(path, kline, f"{key}={options[key]} in [{name}] must be "
+                                      f"{'0 or more' if key == 'padding' else 'at least 1'}")
         key_lines[key] = kline
+    return options, key_lines
+
+
+def _parse_layer(path: str, index: int, name: str, lineno: int,
+                 items: list[tuple[str, str, int]]) -> Layer:
+    if name == "net":
+        raise _error(path, lineno, "[net] may only appear once, as the first section")
+    schema = _SCHEMA.get(name)
+    if schema is None:
+        known = ", ".join(f"[{k}]" for k in _SCHEMA)
+        raise _error(path, lineno, f"unknown section [{name}] (known: [net], {known})")
+    options, key_lines = _typed_options(path, name, schema, items)
     for key in _REQUIRED[name]:
         if key not in options:
             raise _error(path, lineno, f"[{name}] (layer {index}) needs {key!r}")
@@ -310,67 +328,85 @@ def _parse_layer(path: str, index: int, name: str, lineno: int,
     return Layer(type=name, options=options, inputs=inputs, line=lineno, key_lines=key_lines)
 
 
+# Output (channels, stride) of one layer from its sources' (channels, stride); ``src(j)`` gives
+# those of layer j (-1: the input image). Each raises a CfgError naming the line on a bad graph.
+_Shape = Callable[[ModelCfg, int, Layer, Callable[[int], tuple[int, float]]], tuple[int, float]]
+
+
+def _conv_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    c, s = src(layer.inputs[0])
+    groups = layer.get("groups")
+    if c % groups or layer.options["filters"] % groups:
+        raise _error(cfg.path, layer.line, f"groups={groups} does not divide the {c} input "
+                                           f"channels and {layer.options['filters']} filters")
+    return layer.options["filters"], s * layer.get("stride")
+
+
+def _shortcut_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    (ca, sa), (cb, sb) = src(layer.inputs[0]), src(layer.inputs[1])
+    if ca != cb:
+        raise _error(cfg.path, layer.key_lines.get("from", layer.line),
+                     f"[shortcut] (layer {i}) adds layer {layer.inputs[0]} ({ca} channels) "
+                     f"and layer {layer.inputs[1]} ({cb} channels): widths differ")
+    if sa != sb:
+        raise _error(cfg.path, layer.line, f"[shortcut] (layer {i}) adds maps of different resolution")
+    return ca, sa
+
+
+def _route_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    parts = [src(j) for j in layer.inputs]
+    if len({s for _, s in parts}) > 1:
+        raise _error(cfg.path, layer.key_lines.get("layers", layer.line),
+                     f"[route] (layer {i}) concatenates maps of different resolution "
+                     f"(strides {[s for _, s in parts]})")
+    return sum(c for c, _ in parts), parts[0][1]
+
+
+def _upsample_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    c, s = src(layer.inputs[0])
+    return c, s / layer.get("stride")
+
+
+def _maxpool_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    c, s = src(layer.inputs[0])
+    return c, s * layer.get("stride")
+
+
+def _yolo_shape(cfg: ModelCfg, i: int, layer: Layer, src) -> tuple[int, float]:
+    j = layer.inputs[0]
+    if j < 0 or cfg.layers[j].type != "convolutional":
+        raise _error(cfg.path, layer.line, f"[yolo] (layer {i}) must follow a [convolutional]")
+    need = len(layer.options["mask"]) * (5 + layer.options["classes"])
+    have = cfg.layers[j].options["filters"]
+    if have != need:
+        raise _error(cfg.path, cfg.layers[j].key_lines.get("filters", cfg.layers[j].line),
+                     f"detection conv (layer {j}) has filters={have}, but its [yolo] "
+                     f"(line {layer.line}) needs {len(layer.options['mask'])} anchors x "
+                     f"(5 + {layer.options['classes']} classes) = {need}")
+    return have, src(j)[1]
+
+
+_SHAPES: dict[str, _Shape] = {
+    "convolutional": _conv_shape, "shortcut": _shortcut_shape, "route": _route_shape,
+    "upsample": _upsample_shape, "maxpool": _maxpool_shape, "yolo": _yolo_shape,
+}
+
+
 def validate(cfg: ModelCfg) -> ModelCfg:
     """Check widths and resolutions along the graph; fill ``cfg.channels`` and ``cfg.scales``."""
-    path = cfg.path
     channels: list[int] = []
     scales: list[float] = []
-    in_c, in_s = cfg.in_channels, 1.0
 
     def src(j: int) -> tuple[int, float]:
-        return (in_c, in_s) if j < 0 else (channels[j], scales[j])
+        return (cfg.in_channels, 1.0) if j < 0 else (channels[j], scales[j])
 
     for i, layer in enumerate(cfg.layers):
-        t = layer.type
-        if t == "convolutional":
-            c, s = src(layer.inputs[0])
-            groups = layer.get("groups")
-            if c % groups or layer.options["filters"] % groups:
-                raise _error(path, layer.line, f"groups={groups} does not divide the {c} input "
-                                               f"channels and {layer.options['filters']} filters")
-            channels.append(layer.options["filters"])
-            scales.append(s * layer.get("stride"))
-        elif t == "shortcut":
-            (ca, sa), (cb, sb) = src(layer.inputs[0]), src(layer.inputs[1])
-            if ca != cb:
-                raise _error(path, layer.key_lines.get("from", layer.line),
-                             f"[shortcut] (layer {i}) adds layer {layer.inputs[0]} ({ca} channels) "
-                             f"and layer {layer.inputs[1]} ({cb} channels): widths differ")
-            if sa != sb:
-                raise _error(path, layer.line, f"[shortcut] (layer {i}) adds maps of different resolution")
-            channels.append(ca)
-            scales.append(sa)
-        elif t == "route":
-            parts = [src(j) for j in layer.inputs]
-            if len({s for _, s in parts}) > 1:
-                raise _error(path, layer.key_lines.get("layers", layer.line),
-                             f"[route] (layer {i}) concatenates maps of different resolution "
-                             f"(strides {[s for _, s in parts]})")
-            channels.append(sum(c for c, _ in parts))
-            scales.append(parts[0][1])
-        elif t == "upsample":
-            c, s = src(layer.inputs[0])
-            channels.append(c)
-            scales.append(s / layer.get("stride"))
-        elif t == "maxpool":
-            c, s = src(layer.inputs[0])
-            channels.append(c)
-            scales.append(s * layer.get("stride"))
-        elif t == "yolo":
-            j = layer.inputs[0]
-            if j < 0 or cfg.layers[j].type != "convolutional":
-                raise _error(path, layer.line, f"[yolo] (layer {i}) must follow a [convolutional]")
-            need = len(layer.options["mask"]) * (5 + layer.options["classes"])
-            have = cfg.layers[j].options["filters"]
-            if have != need:
-                raise _error(path, cfg.layers[j].key_lines.get("filters", cfg.layers[j].line),
-                             f"detection conv (layer {j}) has filters={have}, but its [yolo] "
-                             f"(line {layer.line}) needs {len(layer.options['mask'])} anchors x "
-                             f"(5 + {layer.options['classes']} classes) = {need}")
-            channels.append(have)
-            scales.append(src(j)[1])
-        else:  # pragma: no cover - _parse_layer rejects unknown types
-            raise _error(path, layer.line, f"unknown section [{t}]")
+        shape = _SHAPES.get(layer.type)
+        if shape is None:  # _parse_layer rejects unknown types; specs built in code may not
+            raise _error(cfg.path, layer.line, f"unknown section [{layer.type}]")
+        c, s = shape(cfg, i, layer, src)
+        channels.append(c)
+        scales.append(s)
     cfg.channels, cfg.scales = channels, scales
     return cfg
 
@@ -379,7 +415,7 @@ def read_cfg(path: str | Path) -> ModelCfg:
     """Read and parse a ``.cfg`` file; a clear error for missing files and yaml given as cfg."""
     path = Path(path)
     if not path.is_file():
-        raise CfgError(f"{path}: cfg file not found")
+        raise CfgError(f"{path}: cfg file not found; check the path given to --cfg")
     if path.suffix.lower() in (".yaml", ".yml"):
         raise CfgError(f"{path}: this is a yaml model description; use models.build_model() "
                        f"or pass it where a .yaml or .cfg is accepted")

@@ -126,9 +126,7 @@ class Darknet(nn.Module):
         for i, layer in enumerate(layers):
             t = layer.type
             if t == "convolutional":
-                j = layer.inputs[0]
-                cin = self.cfg.in_channels if j < 0 else self.cfg.channels[j]
-                modules.append(_build_conv(layer, cin))
+                modules.append(_build_conv(layer, self.cfg.in_width(layer.inputs[0])))
             elif t == "route":
                 modules.append(Route(layer.options["layers"]))
             elif t == "shortcut":
@@ -238,9 +236,3 @@ class Darknet(nn.Module):
             if "num" in cfg.layers[i].options:
                 cfg.layers[i].options["num"] = len(flat)
         return validate(cfg)
-
-    def info(self, img_size: int = 640) -> dict:
-        """Parameter count and FLOPs (torch.utils.flop_counter) at one square input size."""
-        from utils.torch_utils import count_flops  # local import: utils depends on models
-        params = sum(p.numel() for p in self.parameters())
-        return {"params": params, "flops": count_flops(self, img_size)}

@@ -21,12 +21,14 @@ import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .build import load_state
 from .cfg import CfgError
-from .checkpoint import CheckpointError, _load_state, make_checkpoint
+from .checkpoint import CheckpointError, make_checkpoint, to_plain
 from .darknet import BN_EPS, Darknet
 from .translate import (Block, C3Block, ConcatBlock, ConvBlock, ConvSpec, DetectBlock, SPPFBlock,
                         UpsampleBlock, emit, upstream_to_ours_key)
@@ -177,8 +179,6 @@ def _method_ref(obj: Any, name: str) -> str:
 
 
 def _numpy_global(module: str, name: str) -> Any:
-    import numpy as np
-
     core = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed numpy.core
     if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name in _NUMPY_MULTIARRAY:
         return getattr(core.multiarray, name)
@@ -273,9 +273,9 @@ def load_upstream_pickle(path: str | Path) -> Any:
     """Unpickle an upstream ``.pt`` through the restricted unpickler (on CPU)."""
     path = Path(path)
     if not path.is_file():
-        raise UpstreamError(f"{path}: weights file not found")
+        raise UpstreamError(f"{path}: weights file not found; check the path given to --weights")
     if path.stat().st_size == 0:
-        raise UpstreamError(f"{path}: the file is empty")
+        raise UpstreamError(f"{path}: the weights file is empty; write or download it again")
     try:
         return torch.load(path, map_location="cpu", weights_only=False,
                           pickle_module=RESTRICTED_PICKLE)
@@ -295,8 +295,10 @@ def load_upstream_pickle(path: str | Path) -> Any:
 
 def _unreadable(path: Path, e: Exception) -> UpstreamError:
     reason = (str(e).splitlines() or [""])[0].split(". ")[0][:160]
+    if len(reason) < 12:  # KeyError(32) and the like say nothing by their message alone
+        reason = f"{type(e).__name__} {reason}".strip()
     return UpstreamError(f"{path}: not a readable PyTorch checkpoint ({reason}); the file may be "
-                         f"truncated or written by another program")
+                         f"truncated or written by another program; write or download it again")
 
 
 def find_upstream_model(obj: Any, where: str = "file") -> tuple[UpstreamModel, str]:
@@ -308,8 +310,10 @@ def find_upstream_model(obj: Any, where: str = "file") -> tuple[UpstreamModel, s
             if isinstance(obj.get(key), UpstreamModel):
                 return obj[key], key
         keys = sorted(str(k) for k in obj)[:10]
-        raise UpstreamError(f"{where}: no YOLOv5 model in this checkpoint (keys: {keys})")
-    raise UpstreamError(f"{where}: holds a {type(obj).__name__}, not a YOLOv5 checkpoint")
+        raise UpstreamError(f"{where}: no YOLOv5 model in this checkpoint (keys: {keys}); pass a "
+                            f"YOLOv5 v6.x/v7.0 checkpoint or one written by this toolkit")
+    raise UpstreamError(f"{where}: holds a {type(obj).__name__}, not a YOLOv5 checkpoint; pass a "
+                        f"YOLOv5 v6.x/v7.0 checkpoint or one written by this toolkit")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +504,7 @@ def upstream_to_model(model: nn.Module, where: str = "upstream model") -> tuple[
         raise UpstreamError(f"{where}: {len(unmapped)} tensors have no place in the rebuilt network "
                             f"(e.g. {unmapped[0]})")
     try:
-        _load_state(ours, mapped, where, hint="The layer widths stored in the file are inconsistent.")
+        load_state(ours, mapped, where, hint="The layer widths stored in the file are inconsistent.")
     except CheckpointError as e:
         raise UpstreamError(str(e)) from None
     return ours, keymap
@@ -521,26 +525,17 @@ def _names(model: nn.Module, ckpt: Any, nc: int, where: str) -> list[str]:
     return names
 
 
-def _plain(value: Any) -> Any:
-    """Plain Python values (numpy and tensor scalars unwrapped) for weights_only-loadable files."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if hasattr(value, "tolist"):  # numpy / torch scalars and arrays
-        return _plain(value.tolist())
-    return str(value)
-
-
 def import_upstream(path: str | Path, verbose: bool = True) -> dict:
     """Read an upstream YOLOv5 v6.x/v7.0 ``.pt`` file and return a checkpoint dict in our format."""
     path = Path(path)
     where = str(path)
     obj = load_upstream_pickle(path)
     upstream, which = find_upstream_model(obj, where)
-    model, _ = upstream_to_model(upstream, where)
+    try:
+        model, _ = upstream_to_model(upstream, where)
+    except UpstreamError as e:
+        raise UpstreamError(f"{e}; only YOLOv5 v6.x/v7.0 detection models built from Conv, C3, SPPF, "
+                            f"nn.Upsample, Concat and Detect can be imported") from None
     nc = model.nc
     model.names = _names(upstream, obj, nc, where)
     hyp = getattr(upstream, "hyp", None)
@@ -549,8 +544,8 @@ def import_upstream(path: str | Path, verbose: bool = True) -> dict:
     entry = {"step": "import", "source": where, "upstream_class": _class_name(obj, upstream),
              "weights": which}
     if isinstance(obj, dict):
-        entry.update({f"upstream_{k}": _plain(obj[k]) for k in ("epoch", "date") if k in obj})
-    ckpt = make_checkpoint(model, hyp=_plain(hyp) if isinstance(hyp, dict) else None,
+        entry.update({f"upstream_{k}": to_plain(obj[k]) for k in ("epoch", "date") if k in obj})
+    ckpt = make_checkpoint(model, hyp=to_plain(hyp) if isinstance(hyp, dict) else None,
                            history=[entry])
     if verbose:
         both = isinstance(obj, dict) and obj.get("model") is not None and obj.get("ema") is not None

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.cfg import format_cfg  # noqa: E402
-from models.translate import yaml_to_cfg  # noqa: E402
+from models import format_cfg, yaml_to_cfg  # noqa: E402
+from utils.errors import cli_main  # noqa: E402
+from utils.fileio import atomic_write_text  # noqa: E402
 
 # cfg file name -> (model yaml relative to the repository root, number of classes)
 CFG_FILES: dict[str, tuple[str, int]] = {
@@ -39,6 +40,7 @@ def expected_files(root: Path = ROOT) -> dict[Path, str]:
     return {root / "cfg" / name: render(y, nc, root) for name, (y, nc) in CFG_FILES.items()}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on a difference")
@@ -50,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         stale.append(path)
         if not args.check:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            atomic_write_text(path, text)
             print(f"wrote {path.relative_to(ROOT)}")
     if args.check and stale:
         print("out of date: " + ", ".join(str(p.relative_to(ROOT)) for p in stale), file=sys.stderr)

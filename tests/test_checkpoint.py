@@ -1,12 +1,20 @@
-"""Checkpoints: plain dicts, atomic writes, EMA preference, clear errors, older formats."""
+"""Checkpoints: plain dicts, atomic writes, EMA preference, clear errors, older formats,
+checksums against damaged files, disk-full reporting."""
+import errno
 import os
+import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 
-from models import (CheckpointError, atomic_save, build_model, format_cfg, load_checkpoint,
-                    load_model, make_checkpoint, model_from_checkpoint, save_checkpoint)
+import convert
+from models import (CfgError, CheckpointError, UpstreamError, atomic_save, build_model, format_cfg,
+                    load_checkpoint, load_model, make_checkpoint, model_from_checkpoint, save_checkpoint,
+                    state_checksum)
+from utils.errors import UserError, describe_error
 
 ROOT = Path(__file__).resolve().parents[1]
 N_CFG = ROOT / "cfg/yolov5n_v6.cfg"
@@ -95,16 +103,22 @@ def test_atomic_save_creates_folders_and_ordinary_files(tmp_path):
     assert sorted(os.listdir(path.parent)) == ["plain", "y.pt"]
 
 
-@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "truncated", "yaml", "cfg", "foreign"])
+@pytest.mark.parametrize("kind", ["missing", "empty", "garbage", "text", "truncated", "half", "yaml", "cfg",
+                                  "foreign"])
 def test_bad_weights_name_the_file(tiny, tmp_path, kind):
     path = tmp_path / {"yaml": "model.yaml", "cfg": "model.cfg"}.get(kind, f"{kind}.pt")
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "garbage":
         path.write_bytes(os.urandom(1000))
+    elif kind == "text":
+        path.write_text("not a checkpoint\n")
     elif kind == "truncated":
         save_checkpoint(path, tiny)
         path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "half":  # the zip directory at the end is gone
+        save_checkpoint(path, tiny)
+        path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
     elif kind == "yaml":
         path.write_text((ROOT / "models/yolov5n.yaml").read_text())
     elif kind == "cfg":
@@ -163,3 +177,178 @@ def test_make_checkpoint_is_self_describing(tiny):
     model = model_from_checkpoint(ckpt)
     assert torch.equal(_out(model), _out(tiny))
     assert model.cfg.layers == tiny.cfg.layers
+
+
+# ---------------------------------------------------------------------------------------------
+# checksum
+# ---------------------------------------------------------------------------------------------
+def _flip_inside_largest_tensor(path: Path, n: int = 64) -> str:
+    """Invert ``n`` bytes in the middle of the largest tensor's storage record; returns its name."""
+    with zipfile.ZipFile(path) as z:
+        rec = max(z.infolist(), key=lambda i: i.file_size)
+    assert rec.compress_type == zipfile.ZIP_STORED and rec.file_size > 4 * n
+    data = bytearray(path.read_bytes())
+    name_len, extra_len = struct.unpack("<HH", data[rec.header_offset + 26:rec.header_offset + 30])
+    mid = rec.header_offset + 30 + name_len + extra_len + rec.file_size // 2
+    data[mid:mid + n] = bytes(b ^ 0xFF for b in data[mid:mid + n])
+    path.write_bytes(bytes(data))
+    return rec.filename
+
+
+def test_every_saved_checkpoint_carries_a_checksum(tiny, tmp_path):
+    path = save_checkpoint(tmp_path / "w.pt", tiny, ema=tiny)
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["checksum"].startswith("sha256:") and ckpt["checksum"] == state_checksum(ckpt)
+    assert load_checkpoint(path)["checksum"] == ckpt["checksum"]
+
+
+@pytest.mark.parametrize("with_ema", [False, True])
+def test_damaged_weights_are_refused(tiny, tmp_path, with_ema):
+    path = save_checkpoint(tmp_path / "w.pt", tiny, ema=tiny if with_ema else None)
+    _flip_inside_largest_tensor(path)
+    assert torch.load(path, weights_only=True)["names"] == ["hand", "cup"]  # torch itself notices nothing
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(CheckpointError) as e:
+            load(path, verbose=False)
+        assert str(e.value) == (f"{path} is damaged: its weights do not match the checksum written with "
+                                f"them; use another copy or retrain")
+
+
+def test_checkpoint_without_checksum_loads(tiny, tmp_path):
+    """Files written before checksums existed."""
+    ckpt = make_checkpoint(tiny)
+    assert "checksum" not in ckpt
+    path = tmp_path / "old.pt"
+    torch.save(ckpt, path)  # as the older writer did
+    assert torch.equal(_out(load_model(path, verbose=False)), _out(tiny))
+
+
+def test_edited_checkpoint_gets_a_new_checksum(tiny, tmp_path):
+    """Stripping a finished run (EMA weights as model, no EMA) re-saves a loaded dict."""
+    other = build_model(N_CFG, nc=2)
+    path = save_checkpoint(tmp_path / "w.pt", other, ema=tiny)
+    ckpt = load_checkpoint(path)
+    ckpt["model"], ckpt["ema"] = ckpt["ema"], None
+    atomic_save(ckpt, path)
+    again = load_checkpoint(path)
+    assert again["ema"] is None and again["checksum"] != ckpt["checksum"]
+    assert torch.equal(_out(model_from_checkpoint(again)), _out(tiny))
+
+
+def test_checksum_covers_values_names_dtypes_shapes_and_ema(tiny):
+    ckpt = make_checkpoint(tiny)
+    base = state_checksum(ckpt)
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point() and v.dim() == 4)
+    t = ckpt["model"][key]
+
+    def variant(**change) -> str:
+        state = dict(ckpt["model"])
+        state.update(change.get("entries", {}))
+        for k in change.get("drop", ()):
+            del state[k]
+        return state_checksum({"model": state, "ema": change.get("ema")})
+
+    assert variant() == base
+    changed = t.clone()
+    changed.view(-1)[len(changed.view(-1)) // 2] += 1e-3
+    assert variant(entries={key: changed}) != base
+    assert variant(entries={key: t.reshape(t.shape[0], -1)}) != base  # same bytes, other shape
+    assert variant(entries={key: t.view(torch.int32)}) != base  # same bytes, other dtype
+    assert variant(entries={key + "_": t}, drop=[key]) != base  # same bytes, other name
+    assert variant(ema=ckpt["model"]) != base
+
+
+# ---------------------------------------------------------------------------------------------
+# disk full
+# ---------------------------------------------------------------------------------------------
+def _torch_writer_failure(obj, f, *args, **kwargs):
+    f.write(b"PK\x03\x04 partial")
+    raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1216 vs 1112")
+
+
+def _disk_with_free(nbytes: int):
+    real = shutil.disk_usage
+
+    def fake(path):
+        total, used, _ = real(path)
+        return type(real(path))(total, used, nbytes)
+    return fake
+
+
+@pytest.mark.parametrize("failure", ["torch", "oserror"])
+def test_disk_full_is_reported_as_no_space_for_the_target(tiny, tmp_path, monkeypatch, failure):
+    path = save_checkpoint(tmp_path / "w.pt", tiny)
+    before = path.read_bytes()
+    if failure == "torch":
+        monkeypatch.setattr(torch, "save", _torch_writer_failure)
+        monkeypatch.setattr(shutil, "disk_usage", _disk_with_free(4096))
+    else:
+        def no_space(obj, f, *args, **kwargs):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), getattr(f, "name", None))
+        monkeypatch.setattr(torch, "save", no_space)
+    with pytest.raises(OSError) as e:
+        save_checkpoint(path, tiny, epoch=7)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert describe_error(e.value).startswith(f"no space left on the device while writing {path}")
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["w.pt"]
+
+
+def test_other_write_failures_are_not_called_disk_full(tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", _torch_writer_failure)
+    monkeypatch.setattr(shutil, "disk_usage", _disk_with_free(1 << 40))
+    with pytest.raises(RuntimeError, match="inline_container"):
+        save_checkpoint(tmp_path / "w.pt", tiny)
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# error classes and convert.py
+# ---------------------------------------------------------------------------------------------
+def test_error_classes_are_user_errors():
+    for cls in (CfgError, CheckpointError, UpstreamError):
+        assert issubclass(cls, UserError) and issubclass(cls, ValueError)
+    assert issubclass(UpstreamError, CheckpointError)
+
+
+@pytest.fixture
+def bare_state(tiny, tmp_path) -> tuple[Path, Path]:
+    """A bare cfg-model state dict and its cfg: convert.py's input without upstream files."""
+    cfg = tmp_path / "m.cfg"
+    cfg.write_text(format_cfg(tiny.to_cfg()))
+    weights = tmp_path / "bare.pt"
+    torch.save(tiny.state_dict(), weights)
+    return weights, cfg
+
+
+def test_convert_writes_a_checksummed_checkpoint(tiny, bare_state, tmp_path):
+    weights, cfg = bare_state
+    assert convert.main(["--weights", str(weights), "--cfg", str(cfg), "--save-cfg"]) == 0
+    out = tmp_path / "bare_converted.pt"
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["checksum"] == state_checksum(ckpt)
+    assert out.with_suffix(".cfg").read_text() == ckpt["cfg"]
+    assert torch.equal(_out(load_model(out, verbose=False)), _out(tiny))
+
+
+@pytest.mark.parametrize("case", ["unreadable", "no cfg", "overwrite", "disk full"])
+def test_convert_errors_are_one_sentence(bare_state, tmp_path, monkeypatch, capsys, case):
+    weights, cfg = bare_state
+    argv = ["--weights", str(weights), "--cfg", str(cfg)]
+    if case == "unreadable":
+        weights.write_bytes(b"\x80\x02 not really a pickle")
+    elif case == "no cfg":
+        argv = argv[:2]
+    elif case == "overwrite":
+        argv += ["--output", str(weights)]
+    else:
+        monkeypatch.setattr(torch, "save", _torch_writer_failure)
+        monkeypatch.setattr(shutil, "disk_usage", _disk_with_free(0))
+    capsys.readouterr()
+    assert convert.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("convert.py: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert str(weights) in err or case == "disk full"
+    assert "()" not in err and "(32)" not in err
+    if case == "disk full":
+        assert f"no space left on the device while writing {tmp_path / 'bare_converted.pt'}" in err
+    assert not (tmp_path / "bare_converted.pt").exists()

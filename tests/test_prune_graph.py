@@ -2,7 +2,7 @@
 import pytest
 
 from models.cfg import parse_cfg
-from models.checkpoint import load_cfg_file
+from models import load_cfg_file
 from utils.prune.graph import IMAGE, analyse, channel_origins, prunable_layers, sparsity_layers
 
 # The original yolov5_prune's yolov5s v6 lists (our yaml translation lays the layers out in its cfg's order).

@@ -482,6 +482,6 @@ def test_convert_command(refdata, tmp_path, capsys):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"\x80\x02 not really a pickle")
     capsys.readouterr()
-    assert convert.main(["--weights", str(bad)]) == 1
+    assert convert.main(["--weights", str(bad)]) == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "bad_converted.pt").exists()

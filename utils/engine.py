@@ -36,7 +36,7 @@ import yaml
 
 from models import (CheckpointError, Darknet, build_model, load_cfg_file, load_checkpoint,
                     make_checkpoint, model_from_checkpoint)
-from models.checkpoint import _initialize, atomic_save, check_cfg_matches
+from models import _initialize, atomic_save, check_cfg_matches
 from utils.general import increment_path, init_seeds, set_cpu_threads, setup_logging
 from utils.torch_utils import ModelEMA, de_parallel, select_device
 

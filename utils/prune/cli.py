@@ -11,19 +11,17 @@ before the pruning work, as one sentence. The four outputs are written all-or-no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
-from models import (CfgError, CheckpointError, Darknet, format_cfg, load_cfg_file, load_checkpoint,
+from models import (Darknet, check_cfg_matches, format_cfg, load_cfg_file, load_checkpoint,
                     make_checkpoint, model_from_checkpoint, save_checkpoint)
-from models.checkpoint import check_cfg_matches
-from utils.datasets import DataConfig, DatasetError, load_data_config
-from utils.errors import UserError, nonneg_int, positive_int
+from utils.dataconfig import DataConfig, load_data_config
+from utils.errors import nonneg_int, positive_int
 from utils.evaluate import evaluate_dataset
 from utils.fileio import remove_stale_temps, staged_outputs, temp_name
 from utils.general import check_img_size
@@ -42,11 +40,6 @@ from .strategy import Strategy, get_strategy
 from .surgery import model_from_state
 
 __all__ = ["build_parser", "run", "output_prefix", "output_paths", "evaluate_map"]
-
-# Errors of the model and data packages that describe the user's input; reported as one sentence
-# (they pass through unchanged once those classes derive from UserError themselves).
-_INPUT_ERRORS = (CfgError, CheckpointError, DatasetError)
-
 
 # ------------------------------------------------------------------------------------ flags
 def _ratio_type(flag: str) -> Callable[[str], float]:
@@ -200,23 +193,11 @@ def _check_writable(paths: dict[str, Path]) -> None:
 
 
 # ------------------------------------------------------------------------------------ inputs
-@contextlib.contextmanager
-def _as_user_errors() -> Iterator[None]:
-    """Report the model and data packages' input errors as one sentence (see ``_INPUT_ERRORS``)."""
-    try:
-        yield
-    except _INPUT_ERRORS as e:
-        if isinstance(e, UserError):
-            raise
-        raise PruneError(str(e)) from e
-
-
 def _load(args: argparse.Namespace, device: torch.device) -> tuple[dict, Darknet]:
-    with _as_user_errors():
-        ckpt = load_checkpoint(args.weights, cfg=args.cfg)
-        model = model_from_checkpoint(ckpt, verbose=True, source=str(args.weights))
-        if args.cfg is not None:
-            check_cfg_matches(load_cfg_file(args.cfg), model.cfg, str(args.cfg), str(args.weights))
+    ckpt = load_checkpoint(args.weights, cfg=args.cfg)
+    model = model_from_checkpoint(ckpt, verbose=True, source=str(args.weights))
+    if args.cfg is not None:
+        check_cfg_matches(load_cfg_file(args.cfg), model.cfg, str(args.cfg), str(args.weights))
     return ckpt, model.float().eval().to(device)
 
 
@@ -224,8 +205,7 @@ def _data_config(args: argparse.Namespace, model: Darknet) -> DataConfig | None:
     """The evaluation dataset (None with --no-eval), checked against the model before any pruning."""
     if args.no_eval:
         return None
-    with _as_user_errors():
-        data = load_data_config(args.data)
+    data = load_data_config(args.data)
     if data.nc != model.nc:
         raise PruneError(f"{args.weights} detects {model.nc} classes but --data {data.source} has {data.nc}: "
                          f"pass the dataset the model was trained on, or --no-eval to skip the mAP evaluation")

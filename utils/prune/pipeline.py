@@ -3,14 +3,16 @@
 :func:`prune` is a transformation of a model's (cfg, weights) into a compact (cfg, weights) plus
 everything a report needs; it never modifies the model it is given. :func:`search_ratio` finds the
 smallest ratio whose compact model meets a FLOPs or parameter target, from the cfg arithmetic alone
-(no model is built during the search). Both take the settings as one :class:`PruneOptions`.
+(no model is built during the search); :func:`bisect_ratio` is that search for any cost of the masks
+(the latency search of :mod:`~utils.prune.latency` uses it with a measured profile). All take the
+settings as one :class:`PruneOptions`.
 """
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -26,7 +28,8 @@ from .options import PruneOptions
 from .strategy import Strategy
 from .surgery import compact_cfg, compact_state, model_from_state, verify, verify_size
 
-__all__ = ["PrunePlan", "PruneResult", "plan", "prune", "estimate_cost", "search_ratio"]
+__all__ = ["PrunePlan", "PruneResult", "plan", "prune", "estimate_cost", "search_ratio", "bisect_ratio",
+           "Unreachable"]
 
 
 @dataclass
@@ -127,14 +130,53 @@ def prune(model: Darknet, options: PruneOptions, verify_img_size: int = 256, tol
     return PruneResult(p, new_cfg, new_state, compact, absorbed, report, timings)
 
 
+class Unreachable(PruneError):
+    """No ratio on the grid brings the cost down to the goal: even ``ratio`` (the largest on the
+    grid, the model the per-layer floors allow) keeps ``fraction`` of it."""
+
+    def __init__(self, goal: float, ratio: float, fraction: float):
+        super().__init__(f"the goal {goal} cannot be reached: even ratio {ratio} keeps {fraction:.4f}")
+        self.goal, self.ratio, self.fraction = goal, ratio, fraction
+
+
+def bisect_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: PruneOptions,
+                 cost: Callable[[Mapping[int, torch.Tensor]], float], goal: float,
+                 resolution: int = 10_000) -> tuple[float, float]:
+    """Smallest ratio (on a grid of 1/resolution) whose masks have ``cost(masks) <= goal``;
+    returns (ratio, cost). ``options.ratio`` is ignored.
+
+    ``cost`` maps masks to a fraction of the original (FLOPs, parameters, predicted latency); it
+    must not grow with the ratio. Bisection is valid because kept counts never grow with the ratio
+    (with ranking weights too: the ranking is fixed, the ratio only moves the threshold along it).
+    Raises :class:`Unreachable` (with the largest ratio and its cost) when even that misses.
+    """
+    def fraction(k: int) -> float:
+        return cost(plan(graph, state, options.with_ratio(k / resolution)).masks)
+
+    lo, hi = 0, resolution - 1
+    first = fraction(lo)
+    if first <= goal:
+        return 0.0, first
+    best = fraction(hi)
+    if best > goal:
+        raise Unreachable(goal, hi / resolution, best)
+    while hi - lo > 1:  # invariant: fraction(lo) > goal >= fraction(hi)
+        mid = (lo + hi) // 2
+        f = fraction(mid)
+        if f <= goal:
+            hi, best = mid, f
+        else:
+            lo = mid
+    return hi / resolution, best
+
+
 def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: PruneOptions,
                  img_size: int = 640, resolution: int = 10_000) -> tuple[float, float]:
     """Smallest ratio (on a grid of 1/resolution) whose compact model keeps at most
     ``options.target`` of the original FLOPs or parameters; returns (ratio, achieved fraction).
     ``options.ratio`` is ignored.
 
-    Bisection is valid because kept counts never grow with the ratio (with ranking weights too: the
-    ranking is fixed, the ratio only moves the threshold along it). An unreachable target raises
+    From the cfg arithmetic alone (:func:`bisect_ratio`). An unreachable target raises
     :class:`PruneError` naming the smallest reachable fraction.
     """
     target = options.target
@@ -142,27 +184,13 @@ def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: 
         raise OptionError("search_ratio needs options.target (a FLOPs or parameter fraction)")
     pick = 1 if target.metric == "flops" else 0
     full = estimate_cost(graph, {}, img_size)[pick]
-
-    def fraction(k: int) -> float:
-        p = plan(graph, state, options.with_ratio(k / resolution))
-        return estimate_cost(graph, p.masks, img_size)[pick] / full
-
-    lo, hi = 0, resolution - 1
-    if fraction(lo) <= target.fraction:
-        return 0.0, fraction(lo)
-    best = fraction(hi)
-    if best > target.fraction:
-        reachable = math.ceil(best * 1e4) / 1e4
+    try:
+        return bisect_ratio(graph, state, options, lambda m: estimate_cost(graph, m, img_size)[pick] / full,
+                            target.fraction, resolution)
+    except Unreachable as e:
+        reachable = math.ceil(e.fraction * 1e4) / 1e4
         raise PruneError(f"{target.flag} {target.fraction} cannot be reached: even "
-                         f"{options.strategy.ratio_flag} {hi / resolution} keeps {best:.4f} of the "
+                         f"{options.strategy.ratio_flag} {e.ratio} keeps {e.fraction:.4f} of the "
                          f"{target.metric}, set by the per-layer floors and the layers that are never "
                          f"pruned; ask for {target.flag} {reachable} or more (or add --include-upsample "
-                         f"/ --include-sppf)")
-    while hi - lo > 1:  # invariant: fraction(lo) > target >= fraction(hi)
-        mid = (lo + hi) // 2
-        f = fraction(mid)
-        if f <= target.fraction:
-            hi, best = mid, f
-        else:
-            lo = mid
-    return hi / resolution, best
+                         f"/ --include-sppf)") from None

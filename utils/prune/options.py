@@ -15,11 +15,13 @@ from typing import Iterable, Mapping
 from .errors import OptionError
 from .strategy import Strategy, get_strategy
 
-__all__ = ["PruneOptions", "Target", "EXTRA_LAYERS", "extra_layers", "validate_ratio", "validate_layer_keep"]
+__all__ = ["PruneOptions", "Target", "LatencyTarget", "RUNTIMES", "EXTRA_LAYERS", "extra_layers", "validate_ratio", "validate_layer_keep"]
 
 # Layers no strategy prunes unless asked: option name -> the flag that asks.
 EXTRA_LAYERS = {"upsample": "--include-upsample", "sppf": "--include-sppf"}
 METRICS = ("flops", "params")
+# Where --target-latency / --target-ms are measured (utils.prune.latency runs each).
+RUNTIMES = ("torch", "onnxruntime", "openvino")
 
 
 def extra_layers(include_upsample: bool = False, include_sppf: bool = False) -> frozenset[str]:
@@ -61,6 +63,47 @@ class Target:
     @property
     def flag(self) -> str:
         return f"--target-{self.metric}"
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Run in at most ``value`` on ``runtime`` with ``threads`` threads (batch 1): a fraction of the
+    original's measured latency (``kind="latency"``) or milliseconds (``kind="ms"``)."""
+
+    kind: str
+    value: float
+    runtime: str = "torch"
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("latency", "ms"):
+            raise OptionError(f"a latency target is 'latency' (a fraction) or 'ms', got {self.kind!r}")
+        value = float(self.value)
+        if math.isnan(value) or value <= 0.0 or (self.kind == "latency" and value > 1.0):
+            wanted = "a fraction of the original in (0, 1]" if self.kind == "latency" else "a positive time"
+            raise OptionError(f"{self.flag} must be {wanted}, got {self.value}")
+        if self.runtime not in RUNTIMES:
+            raise OptionError(f"--runtime {self.runtime!r} is not known (known: {', '.join(RUNTIMES)})")
+        if int(self.threads) < 1:
+            raise OptionError(f"--threads must be a positive number of threads, got {self.threads}")
+        object.__setattr__(self, "value", value)
+        object.__setattr__(self, "threads", int(self.threads))
+
+    @property
+    def flag(self) -> str:
+        return f"--target-{self.kind}"
+
+    def goal(self, original_ms: float) -> float:
+        """The target as a fraction of an original that runs in ``original_ms``."""
+        return self.value if self.kind == "latency" else self.value / original_ms
+
+    def observed(self, compact_ms: float, ratio: float) -> float:
+        """The measured value in the target's unit: the paired ratio, or the compact's milliseconds."""
+        return ratio if self.kind == "latency" else compact_ms
+
+    def describe(self, value: float | None = None) -> str:
+        v = self.value if value is None else value
+        return f"{v:.3f} of the original's time" if self.kind == "latency" else f"{v:.3f} ms"
 
 
 @dataclass(frozen=True)

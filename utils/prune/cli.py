@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from terminaltables import AsciiTable
 
 from models import (Darknet, check_cfg_matches, format_cfg, load_cfg_file, load_checkpoint,
                     make_checkpoint, model_from_checkpoint, save_checkpoint)
@@ -31,9 +33,11 @@ from .absorb import bn_key
 from .cost import latency_weights, profile_layers
 from .errors import PruneError
 from .graph import PruneGraph, analyse
+from .latency import (Bench, Comparison, LatencyChoice, LatencyProfile, LatencyUnreachable, check_runtime, compare,
+                      load_or_measure_profile, meet_latency)
 from .masks import ranking_layers
-from .options import PruneOptions, Target, validate_ratio
-from .pipeline import PruneResult, prune, search_ratio
+from .options import RUNTIMES, LatencyTarget, PruneOptions, Target, validate_ratio
+from .pipeline import PruneResult, Unreachable, prune, search_ratio
 from .report import (gamma_quantiles, layer_rows, layer_table, metric_table, plot_channels, sparsity_warning,
                      write_json)
 from .strategy import Strategy, get_strategy
@@ -95,10 +99,11 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     if s.uses_layer_keep:
         p.add_argument("--layer_keep", "--layer-keep", dest="layer_keep", type=_layer_keep, default=0.01,
                        metavar="K", help="every layer keeps at least max(floor(C*K), 1) channels; K in (0, 1)")
-    p.add_argument("--target-flops", type=_target, default=None,
+    p.add_argument("--target-flops", type=_target, default=None, nargs="?", const=KIND_ONLY,
                    help="instead of a ratio: keep at most this fraction of the FLOPs (searches the ratio)")
-    p.add_argument("--target-params", type=_target, default=None,
+    p.add_argument("--target-params", type=_target, default=None, nargs="?", const=KIND_ONLY,
                    help="instead of a ratio: keep at most this fraction of the parameters")
+    _add_latency_flags(p)
     p.add_argument("--include-upsample", action="store_true",
                    help="also prune the convs that feed an upsample (exact thanks to absorption)")
     p.add_argument("--include-sppf", action="store_true", help="also prune the SPPF input conv")
@@ -125,20 +130,194 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, s: Strategy) -> None:
     """Conflicting flags as argparse errors (exit 2, the message names the flags)."""
-    targets = [f for f in ("target_flops", "target_params") if getattr(args, f) is not None]
+    targets = [k for k in TARGET_KINDS if getattr(args, f"target_{k}") is not None]
     if len(targets) > 1:
-        p.error("give either --target-flops or --target-params, not both")
+        p.error(f"give either --target-{targets[0]} or --target-{targets[1]}, not both (one target per run)")
     if targets and args.percent is not None:
-        p.error(f"give either {s.ratio_flag} or --{targets[0].replace('_', '-')}, not both")
+        p.error(f"give either {s.ratio_flag} or --target-{targets[0]}, not both")
+    _check_latency_args(p, args, targets[0] if targets else None)
 
 
 def _options(args: argparse.Namespace, s: Strategy, weights: dict[int, float] | None) -> PruneOptions:
     target = next((Target(m, getattr(args, f"target_{m}")) for m in ("flops", "params")
-                   if getattr(args, f"target_{m}") is not None), None)
+                   if isinstance(getattr(args, f"target_{m}"), float)), None)
     ratio = args.percent if args.percent is not None else s.default_ratio
     return PruneOptions.make(s, ratio, include_upsample=args.include_upsample, include_sppf=args.include_sppf,
                              layer_keep=args.layer_keep, round_to=args.round_to, weights=weights,
                              target=target)
+
+
+# ------------------------------------------------------------------------------------ latency targets
+class _KindOnly:
+    """The value of a --target-* flag given without one: it names the kind of the --sweep values
+    (not a string, so argparse does not pass it through the flag's type)."""
+
+    def __repr__(self) -> str:
+        return "KIND_ONLY"
+
+
+KIND_ONLY = _KindOnly()
+TARGET_KINDS = ("flops", "params", "latency", "ms")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not v > 0.0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{v} is not a positive number of milliseconds; for example 5")
+    return v
+
+
+def _sweep_values(text: str) -> list[float]:
+    """argparse type of --sweep: comma-separated positive numbers."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers; "
+                                         f"for example --sweep 0.8,0.6,0.4")
+    if not values or any(not v > 0.0 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more positive targets, for example 0.8,0.6,0.4")
+    return values
+
+
+def _add_latency_flags(p: argparse.ArgumentParser) -> None:
+    """--target-latency, --target-ms and the flags of where latency is measured, and --sweep."""
+    p.add_argument("--target-latency", type=_target, default=None, nargs="?", const=KIND_ONLY, metavar="R",
+                   help="instead of a ratio: run in at most this fraction of the original's measured latency "
+                   "on --runtime (batch 1; searched on a measured per-layer profile, then proven by timing "
+                   "both models round-robin)")
+    p.add_argument("--target-ms", type=_positive_float, default=None, nargs="?", const=KIND_ONLY, metavar="T",
+                   help="instead of a ratio: run in at most T milliseconds on --runtime (batch 1)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="where latency is measured: torch (eager), onnxruntime or openvino (default torch)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="threads the latency timing pins the runtime to (default 1)")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="latency profile JSON to reuse (or to write when missing); default "
+                   "runs/profiles/<architecture>_<runtime>_<device>_t<threads>_<img>.json")
+    p.add_argument("--latency-iterations", type=positive_int, default=3, metavar="N",
+                   help="searches at most, each tightened by the observed miss of the one before")
+    p.add_argument("--sweep", type=_sweep_values, default=None, metavar="T1,T2,...",
+                   help="print a table of candidate prunes, one per target of the kind a --target-* flag "
+                   "(given without a value) names, and write nothing")
+
+
+def _check_latency_args(p: argparse.ArgumentParser, args: argparse.Namespace, kind: str | None) -> None:
+    value = getattr(args, f"target_{kind}") if kind else None
+    if args.sweep is not None:
+        if kind is None:
+            p.error("--sweep needs the kind of its targets: add --target-latency, --target-ms, --target-flops "
+                    "or --target-params without a value")
+        if value is not KIND_ONLY:
+            p.error(f"--sweep lists the targets: give --target-{kind} without a value")
+        if kind in ("flops", "params", "latency") and any(v > 1.0 for v in args.sweep):
+            p.error(f"--sweep with --target-{kind}: every value is a fraction of the original in (0, 1]")
+    elif value is KIND_ONLY:
+        p.error(f"--target-{kind} needs a value (only with --sweep may it be given alone)")
+    if args.profile is not None and Path(args.profile).is_dir():
+        p.error(f"--profile {args.profile} is a folder; give a .json file")
+
+
+def _wants_bench(args: argparse.Namespace) -> bool:
+    """Latency is measured on a runtime with a latency target, a sweep, or --runtime / --threads."""
+    return any(v is not None for v in (args.target_latency, args.target_ms, args.sweep, args.runtime,
+                                      args.threads))
+
+
+def _bench(args: argparse.Namespace, device: torch.device) -> Bench:
+    return Bench(args.runtime or "torch", str(device), args.threads or 1, args.img_size)
+
+
+def _latency_target(args: argparse.Namespace, bench: Bench, value: float | None = None) -> LatencyTarget | None:
+    """The run's latency target (``value`` instead of the flag's, for a sweep); None without one."""
+    kind = "latency" if args.target_latency is not None else "ms" if args.target_ms is not None else None
+    if kind is None:
+        return None
+    return LatencyTarget(kind, value if value is not None else getattr(args, f"target_{kind}"),
+                         bench.runtime, bench.threads)
+
+
+def _profile(args: argparse.Namespace, model: Darknet, bench: Bench) -> tuple[LatencyProfile, Path]:
+    runs = max(1, min(5, args.latency_runs))
+    t0 = time.perf_counter()
+    profile, path, reused = load_or_measure_profile(model, bench, args.profile, runs)
+    if reused:
+        print(f"latency profile: reused {path} ({bench.describe()}, {bench.img_size} px)")
+    else:
+        print(f"latency profile: measured {len(profile.layers)} convs on {bench.describe()} at {bench.img_size} px "
+              f"in {time.perf_counter() - t0:.1f} s, wrote {path} (pass --profile {path} to reuse it)")
+    return profile, path
+
+
+def _meet_latency(args: argparse.Namespace, model: Darknet, options: PruneOptions, target: LatencyTarget,
+                  bench: Bench, profile: LatencyProfile) -> LatencyChoice:
+    return meet_latency(model, options, target, bench, profile, args.latency_runs, args.latency_iterations,
+                        log=print)
+
+
+def _prune_to_latency(args: argparse.Namespace, model: Darknet, options: PruneOptions, target: LatencyTarget,
+                      bench: Bench) -> tuple[PruneOptions, PruneResult, Comparison, dict, dict]:
+    """(options with the ratio found, compact model, its timing, the target's record, the latency record)."""
+    profile, profile_path = _profile(args, model, bench)
+    choice = _meet_latency(args, model, options, target, bench, profile)
+    _print_latency(target, choice, bench)
+    record = {"metric": target.kind, "target": target.value, "achieved": choice.observed, "met": choice.met}
+    return (choice.options, choice.result, choice.comparison, record,
+            choice.record(target, bench, profile_path))
+
+
+def _print_latency(target: LatencyTarget, choice: LatencyChoice, bench: Bench) -> None:
+    r = choice.comparison.record()
+    o, c, q = r["original_ms"], r["compact_ms"], r["ratio"]
+    print(f"{target.flag} {target.value:g} {'met' if choice.met else 'MISSED'} on {bench.describe()}, "
+          f"{bench.img_size} px, {r['rounds']} round-robin rounds: original {o['median']:.3f} ms "
+          f"(min {o['min']:.3f}, max {o['max']:.3f}), compact {c['median']:.3f} ms (min {c['min']:.3f}, "
+          f"max {c['max']:.3f}), ratio {q['median']:.3f} (IQR {q['q25']:.3f}-{q['q75']:.3f})")
+    if not choice.met:
+        print(f"WARNING: {target.flag} {target.value:g} was missed after {len(choice.iterations)} searches "
+              f"(measured {target.describe(choice.observed)}); the run keeps the last model; rerun with more "
+              f"--latency-runs or --latency-iterations on a quieter machine")
+
+
+def _sweep(args: argparse.Namespace, model: Darknet, options: PruneOptions, data: DataConfig | None,
+           bench: Bench) -> int:
+    """One candidate prune per --sweep target, printed as a table; nothing is written."""
+    kind = next(k for k in TARGET_KINDS if getattr(args, f"target_{k}") is not None)
+    profile = _profile(args, model, bench)[0] if kind in ("latency", "ms") else None
+    full = (count_params(model), count_flops(model, args.img_size))
+    rows = [[f"--target-{kind}", "Ratio", "Params kept", "FLOPs kept", f"Latency ({bench.runtime}, ms)",
+             "Latency ratio", "Met", "mAP@.5 (masked)", "mAP@.5:.95 (masked)"]]
+    for value in args.sweep:
+        try:
+            result, cmp, met = _sweep_candidate(args, model, options, bench, kind, value, profile)
+        except (Unreachable, LatencyUnreachable) as e:
+            rows.append([f"{value:g}", "unreachable", f"best reachable {e.best:.3f}"] + [""] * 6)
+            continue
+        masked = (None, None) if data is None else evaluate_map(_masked_model(model, result), data, args.img_size,
+                                                                args.batch_size, args.workers)
+        rows.append([f"{value:g}", f"{result.plan.ratio}", f"{count_params(result.model) / full[0]:.3f}",
+                     f"{count_flops(result.model, args.img_size) / full[1]:.3f}",
+                     f"{cmp.compact_median:.3f} / {cmp.original_median:.3f}", f"{cmp.ratio:.3f}",
+                     "yes" if met else "no", *("-" if m is None else f"{m:.4f}" for m in masked)])
+    print(AsciiTable(rows).table)
+    print(f"sweep: {len(args.sweep)} candidate prunes measured on {bench.describe()} at {args.img_size} px; "
+          f"nothing was written (a sweep is for choosing: rerun with one --target-{kind} value to write "
+          f"the pruned model)")
+    return 0
+
+
+def _sweep_candidate(args: argparse.Namespace, model: Darknet, options: PruneOptions, bench: Bench, kind: str,
+                     value: float, profile: LatencyProfile | None) -> tuple[PruneResult, Comparison, bool]:
+    """(compact model, its round-robin timing, whether the target was met) of one --sweep value."""
+    if profile is not None:
+        choice = _meet_latency(args, model, options, _latency_target(args, bench, value), bench, profile)
+        return choice.result, choice.comparison, choice.met
+    ratio, _ = search_ratio(analyse(model.to_cfg()), model.state_dict(), replace(options, target=Target(kind, value)),
+                            args.img_size)
+    result = prune(model, options.with_ratio(ratio))
+    return result, compare(model, result.model, bench, args.latency_runs), True
 
 
 # ------------------------------------------------------------------------------------ naming
@@ -262,6 +441,9 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     device = select_device(args.device)
     ckpt, model = _load(args, device)
     args.img_size = check_img_size(args.img_size, int(max(model.cfg.strides or [32])), "--img_size")[0]
+    bench = _bench(args, device) if _wants_bench(args) else None
+    if bench is not None:
+        check_runtime(bench)  # a missing runtime package ends the run before any work
     data = _data_config(args, model)  # before any pruning work: the classes must match
     graph = analyse(model.to_cfg())
     options = _options(args, s, None)
@@ -271,27 +453,45 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
         print(f"WARNING: {warning}")
     if args.cost_aware:
         options = _options(args, s, _cost_weights(model, graph, args.img_size, args.latency_runs))
+    if args.sweep is not None:
+        return _sweep(args, model, options, data, bench)
     state = model.state_dict()
-    options, target = _choose_ratio(options, graph, state, args.img_size)
-    paths = output_paths(args.weights, args.cfg, s.file_prefix(options.ratio, options.layer_keep), args.out_dir)
-    _refuse_overwrite(paths, [args.weights, args.cfg, args.data])  # before any expensive work
-    _check_writable(paths)
+    latency_target = _latency_target(args, bench) if bench is not None else None
+    if latency_target is None:
+        options, target = _choose_ratio(options, graph, state, args.img_size)
+    paths = _checked_paths(args, s, options)  # before any expensive work
 
     t0 = time.perf_counter()
-    result = prune(model, options)
+    if latency_target is not None:
+        options, result, comparison, target, latency = _prune_to_latency(args, model, options, latency_target, bench)
+        paths = _checked_paths(args, s, options)  # the file names carry the ratio found
+    else:
+        result, comparison, latency = prune(model, options), None, None
     prune_s = time.perf_counter() - t0
     _print_plan(result, state)
     print(f"verified: compact == absorbed at {result.verification['img_size']} px "
           f"(max relative difference {result.verification['max_rel_diff']:.2e}); "
           f"pruning took {prune_s:.3f} s")
 
-    figures = _figures(args, data, model, result)
+    figures = _figures(args, data, model, result, bench, comparison)
+    measured = figures.pop("comparison", None)
+    if latency is None and measured is not None:  # --runtime / --threads without a latency target
+        latency = {"runtime": bench.runtime, "device": bench.device, "threads": bench.threads,
+                   "img_size": bench.img_size, **measured}
     rows = layer_rows(graph, result.masks, s, options.extra)
     print(layer_table(rows))
-    print(metric_table(figures, str(device)))
-    entry = _history_entry(args, options, target, result, figures, prune_s)
+    print(metric_table(figures, bench.describe() if bench is not None else str(device)))
+    entry = _history_entry(args, options, target, result, figures, prune_s, latency)
     _write_outputs(paths, ckpt, result, entry, rows, args)
     return 0
+
+
+def _checked_paths(args: argparse.Namespace, s: Strategy, options: PruneOptions) -> dict[str, Path]:
+    """The output paths of ``options``' ratio, refused when they would overwrite an input or cannot be written."""
+    paths = output_paths(args.weights, args.cfg, s.file_prefix(options.ratio, options.layer_keep), args.out_dir)
+    _refuse_overwrite(paths, [args.weights, args.cfg, args.data])
+    _check_writable(paths)
+    return paths
 
 
 def _write_outputs(paths: dict[str, Path], ckpt: dict, result: PruneResult, entry: dict,
@@ -330,26 +530,43 @@ def _print_plan(result: PruneResult, state: dict) -> None:
               f"empties some layers, which keep only their per-layer minimum of channels")
 
 
-def _figures(args: argparse.Namespace, data: DataConfig | None, model: Darknet,
-             result: PruneResult) -> dict[str, Any]:
+def _masked_model(model: Darknet, result: PruneResult) -> Darknet:
+    """The full-size model with the pruned gammas zeroed (evaluated as "masked")."""
+    return model_from_state(model.to_cfg(), result.masked_state(model.state_dict()), model.names,
+                            [m.anchors for m in model.yolo_layers])
+
+
+def _figures(args: argparse.Namespace, data: DataConfig | None, model: Darknet, result: PruneResult,
+             bench: Bench | None = None, comparison: Comparison | None = None) -> dict[str, Any]:
+    """mAP (original, masked, compact), parameters, FLOPs and latency before and after. With a
+    ``bench`` the latency is the round-robin ``comparison`` on its runtime (measured here when None;
+    its record is under ``"comparison"``), else the median of --latency-runs eager passes each."""
     figures: dict[str, Any] = {}
     if data is not None:
-        cfg = model.to_cfg()
-        masked = model_from_state(cfg, result.masked_state(model.state_dict()), model.names,
-                                  [m.anchors for m in model.yolo_layers])
         maps = {name: evaluate_map(m, data, args.img_size, args.batch_size, args.workers)
-                for name, m in (("original", model), ("masked", masked), ("compact", result.model))}
+                for name, m in (("original", model), ("masked", _masked_model(model, result)),
+                                ("compact", result.model))}
         figures["mAP50"] = {k: v[0] for k, v in maps.items()}
         figures["mAP50_95"] = {k: v[1] for k, v in maps.items()}
-    before = _measure(model, args.img_size, args.latency_runs)
-    after = _measure(result.model, args.img_size, args.latency_runs)
+    if bench is None:
+        before = _measure(model, args.img_size, args.latency_runs)
+        after = _measure(result.model, args.img_size, args.latency_runs)
+    else:
+        comparison = comparison or compare(model, result.model, bench, args.latency_runs)
+        figures["comparison"] = comparison.record()
+        before = {"params": count_params(model), "flops": count_flops(model, args.img_size),
+                  "latency_ms": comparison.original_median}
+        after = {"params": count_params(result.model), "flops": count_flops(result.model, args.img_size),
+                 "latency_ms": comparison.compact_median}
     for key in ("params", "flops", "latency_ms"):
         figures[key] = {"before": before[key], "after": after[key], "ratio": after[key] / before[key]}
+    if bench is not None:
+        figures["latency_ms"]["ratio"] = comparison.ratio  # the median of the paired per-round ratios
     return figures
 
 
 def _history_entry(args: argparse.Namespace, options: PruneOptions, target: dict | None, result: PruneResult,
-                   figures: dict, prune_s: float) -> dict:
+                   figures: dict, prune_s: float, latency: dict | None = None) -> dict:
     p, s = result.plan, options.strategy
     return {
         "step": "prune", "strategy": s.name, "ratio": float(options.ratio),
@@ -363,6 +580,7 @@ def _history_entry(args: argparse.Namespace, options: PruneOptions, target: dict
                      "img_size": args.img_size, "cfg": args.cfg, "data": args.data},
         "safe_ratio": p.safe_ratio,
         "figures": figures,
+        "latency": latency,
         "verification": result.verification,
         "prune_seconds": prune_s,
         "masks": {str(i): [bool(v) for v in m.tolist()] for i, m in sorted(p.masks.items())},

@@ -134,9 +134,14 @@ class Unreachable(PruneError):
     """No ratio on the grid brings the cost down to the goal: even ``ratio`` (the largest on the
     grid, the model the per-layer floors allow) keeps ``fraction`` of it."""
 
-    def __init__(self, goal: float, ratio: float, fraction: float):
-        super().__init__(f"the goal {goal} cannot be reached: even ratio {ratio} keeps {fraction:.4f}")
+    def __init__(self, goal: float, ratio: float, fraction: float, message: str | None = None):
+        super().__init__(message or f"the goal {goal} cannot be reached: even ratio {ratio} keeps {fraction:.4f}")
         self.goal, self.ratio, self.fraction = goal, ratio, fraction
+
+    @property
+    def best(self) -> float:
+        """The best reachable value (the fraction the largest ratio keeps)."""
+        return self.fraction
 
 
 def bisect_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: PruneOptions,
@@ -177,7 +182,7 @@ def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: 
     ``options.ratio`` is ignored.
 
     From the cfg arithmetic alone (:func:`bisect_ratio`). An unreachable target raises
-    :class:`PruneError` naming the smallest reachable fraction.
+    :class:`Unreachable` (a :class:`PruneError`) naming the smallest reachable fraction.
     """
     target = options.target
     if target is None:
@@ -189,8 +194,9 @@ def search_ratio(graph: PruneGraph, state: Mapping[str, torch.Tensor], options: 
                             target.fraction, resolution)
     except Unreachable as e:
         reachable = math.ceil(e.fraction * 1e4) / 1e4
-        raise PruneError(f"{target.flag} {target.fraction} cannot be reached: even "
-                         f"{options.strategy.ratio_flag} {e.ratio} keeps {e.fraction:.4f} of the "
-                         f"{target.metric}, set by the per-layer floors and the layers that are never "
-                         f"pruned; ask for {target.flag} {reachable} or more (or add --include-upsample "
-                         f"/ --include-sppf)") from None
+        raise Unreachable(e.goal, e.ratio, e.fraction,
+                          f"{target.flag} {target.fraction} cannot be reached: even "
+                          f"{options.strategy.ratio_flag} {e.ratio} keeps {e.fraction:.4f} of the "
+                          f"{target.metric}, set by the per-layer floors and the layers that are never "
+                          f"pruned; ask for {target.flag} {reachable} or more (or add --include-upsample "
+                          f"/ --include-sppf)") from None

@@ -22,7 +22,8 @@ is an error, never a silent re-use.
 (:func:`~utils.prune.pipeline.bisect_ratio`), builds that compact model, and times it against the
 original round-robin (:func:`compare`: per round one pass of each, the order alternating; the
 median of the paired per-round ratios is the measured ratio, spread as quartiles and min/max). A
-miss tightens the predicted goal by the observed miss and searches again, a few times at most. The
+miss tightens the predicted goal by the observed miss (and :data:`TIGHTEN_MARGIN` more) and searches
+again, a few times at most. The
 target is declared unreachable only when the smallest model the per-layer floors allow, measured,
 still misses it.
 """
@@ -62,6 +63,9 @@ __all__ = ["RUNTIMES", "PROFILE_FRACTIONS", "Bench", "RuntimeUnavailable", "Late
 PROFILE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of each conv's input and output widths
 PROFILE_VERSION = 1
 ONNX_OPSET = 17
+# A miss tightens the predicted goal by the miss and this much more, so that a miss by the channel
+# rounding or by noise does not repeat in the next search.
+TIGHTEN_MARGIN = 0.02
 _PACKAGES = {"onnxruntime": ("onnxruntime", "pip install onnxruntime"),
              "openvino": ("openvino", "pip install openvino")}
 
@@ -506,5 +510,5 @@ def meet_latency(model: Darknet, options: PruneOptions, target: LatencyTarget, b
             return LatencyChoice(chosen, result, cmp, observed, True, iterations)
         if floor:
             raise _unreachable(target, options, bench, ratio, cmp)
-        goal *= target.value / observed  # tighten the prediction by the observed miss
+        goal *= target.value / observed * (1.0 - TIGHTEN_MARGIN)  # tighten by the observed miss
     return LatencyChoice(chosen, result, cmp, observed, False, iterations)

@@ -393,3 +393,29 @@ def test_runtime_runner_times_a_layer(runtime):
     run = make_runner(nn.Sequential(nn.Conv2d(4, 8, 3, 1, 1), nn.SiLU()), (1, 4, 16, 16), bench)
     times = [run() for _ in range(3)]
     assert all(math.isfinite(t) and t > 0 for t in times)
+
+
+def test_cli_cost_aware_ranks_with_the_runtime_profile(checkpoint, fake, tmp_path, capsys):
+    """--cost-aware with a latency target takes its ranking weights from the runtime's profile
+    (the fake timer makes time proportional to FLOPs, so every weight is 1)."""
+    weights = _weights(checkpoint, tmp_path / "w")
+    argv = ["--weights", str(weights), *FAST, "--target-latency", "0.6", "--cost-aware",
+            "--profile", str(tmp_path / "p.json")]
+    assert slim_prune_yolov5s.main(argv) == 0
+    assert "--cost-aware: time per FLOP of a channel relative to the model's average, from the torch latency " \
+           "profile" in capsys.readouterr().out
+    entry = torch.load(next((tmp_path / "w").glob("prune_*last.pt")), weights_only=True)["history"][-1]
+    assert entry["settings"]["cost_aware"] is True and entry["latency"]["met"] is True
+    assert all(w == pytest.approx(1.0, rel=1e-3) for w in entry["settings"]["ranking_weights"].values())
+    assert fake.model_runners >= 3  # the profile's, then the original and compact of each search
+
+
+def test_cli_unwritable_folder_fails_before_any_timing(checkpoint, fake, tmp_path, capsys):
+    weights = _weights(checkpoint, tmp_path / "w")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["--weights", str(weights), *FAST, "--target-latency", "0.5", "--out-dir", str(blocker / "out"),
+            "--profile", str(tmp_path / "p.json")]
+    assert slim_prune_yolov5s.main(argv) == 2
+    assert "is a file" in _error(capsys, "slim_prune_yolov5s.py")
+    assert fake.layer_runners == fake.model_runners == 0 and not (tmp_path / "p.json").exists()

@@ -226,6 +226,11 @@ def _wants_bench(args: argparse.Namespace) -> bool:
                                       args.threads))
 
 
+def _needs_profile(args: argparse.Namespace, bench: Bench | None) -> bool:
+    """A latency profile is read or measured for a latency target (or sweep) and for --cost-aware on a runtime."""
+    return bench is not None and (args.target_latency is not None or args.target_ms is not None or args.cost_aware)
+
+
 def _bench(args: argparse.Namespace, device: torch.device) -> Bench:
     return Bench(args.runtime or "torch", str(device), args.threads or 1, args.img_size)
 
@@ -258,9 +263,9 @@ def _meet_latency(args: argparse.Namespace, model: Darknet, options: PruneOption
 
 
 def _prune_to_latency(args: argparse.Namespace, model: Darknet, options: PruneOptions, target: LatencyTarget,
-                      bench: Bench) -> tuple[PruneOptions, PruneResult, Comparison, dict, dict]:
+                      bench: Bench, profile: LatencyProfile,
+                      profile_path: Path) -> tuple[PruneOptions, PruneResult, Comparison, dict, dict]:
     """(options with the ratio found, compact model, its timing, the target's record, the latency record)."""
-    profile, profile_path = _profile(args, model, bench)
     choice = _meet_latency(args, model, options, target, bench, profile)
     _print_latency(target, choice, bench)
     record = {"metric": target.kind, "target": target.value, "achieved": choice.observed, "met": choice.met}
@@ -282,10 +287,10 @@ def _print_latency(target: LatencyTarget, choice: LatencyChoice, bench: Bench) -
 
 
 def _sweep(args: argparse.Namespace, model: Darknet, options: PruneOptions, data: DataConfig | None,
-           bench: Bench) -> int:
+           bench: Bench, profile: LatencyProfile | None) -> int:
     """One candidate prune per --sweep target, printed as a table; nothing is written."""
     kind = next(k for k in TARGET_KINDS if getattr(args, f"target_{k}") is not None)
-    profile = _profile(args, model, bench)[0] if kind in ("latency", "ms") else None
+    profile = profile if kind in ("latency", "ms") else None
     full = (count_params(model), count_flops(model, args.img_size))
     rows = [[f"--target-{kind}", "Ratio", "Params kept", "FLOPs kept", f"Latency ({bench.runtime}, ms)",
              "Latency ratio", "Met", "mAP@.5 (masked)", "mAP@.5:.95 (masked)"]]
@@ -408,12 +413,16 @@ def _measure(model: Darknet, img_size: int, runs: int) -> dict[str, float]:
             "latency_ms": measure_latency(model.fused_copy(), img_size, runs=runs, warmup=min(3, runs))}
 
 
-def _cost_weights(model: Darknet, graph: PruneGraph, img_size: int, runs: int) -> dict[int, float]:
-    """Ranking weights of ``--cost-aware``: each conv's time per FLOP relative to the model's,
-    profiled on a BN-fused copy at ``img_size`` on the model's device (fastest of ``runs`` per layer)."""
-    weights = latency_weights(graph, profile_layers(model.fused_copy(), img_size, runs=runs), img_size)
+def _cost_weights(model: Darknet, graph: PruneGraph, img_size: int, runs: int,
+                  profile: LatencyProfile | None = None) -> dict[int, float]:
+    """Ranking weights of ``--cost-aware``: each conv's time per FLOP relative to the model's, from
+    the runtime's latency ``profile`` when there is one, else profiled eagerly on a BN-fused copy at
+    ``img_size`` on the model's device (fastest of ``runs`` per layer)."""
+    times = profile.layer_times() if profile is not None else profile_layers(model.fused_copy(), img_size, runs=runs)
+    weights = latency_weights(graph, times, img_size)
     slow = max(weights, key=weights.get)
-    print(f"--cost-aware: time per FLOP of a channel relative to the model's average, profiled at "
+    where = f"the {profile.key['runtime']} latency profile" if profile is not None else "PyTorch"
+    print(f"--cost-aware: time per FLOP of a channel relative to the model's average, from {where} at "
           f"{img_size} px: {min(weights.values()):.2f} to {weights[slow]:.2f} (layer {slow})")
     return weights
 
@@ -451,39 +460,49 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     warning = sparsity_warning(ckpt.get("history") or [], s, str(args.weights), prunable)
     if warning:
         print(f"WARNING: {warning}")
+    if args.sweep is None:
+        _checked_paths(args, s, options)  # provisional names: an unwritable folder fails before any work
+    profile = _profile(args, model, bench) if _needs_profile(args, bench) else (None, None)
     if args.cost_aware:
-        options = _options(args, s, _cost_weights(model, graph, args.img_size, args.latency_runs))
+        options = _options(args, s, _cost_weights(model, graph, args.img_size, args.latency_runs, profile[0]))
     if args.sweep is not None:
-        return _sweep(args, model, options, data, bench)
+        return _sweep(args, model, options, data, bench, profile[0])
     state = model.state_dict()
     latency_target = _latency_target(args, bench) if bench is not None else None
-    if latency_target is None:
-        options, target = _choose_ratio(options, graph, state, args.img_size)
-    paths = _checked_paths(args, s, options)  # before any expensive work
-
-    t0 = time.perf_counter()
     if latency_target is not None:
-        options, result, comparison, target, latency = _prune_to_latency(args, model, options, latency_target, bench)
-        paths = _checked_paths(args, s, options)  # the file names carry the ratio found
+        options, result, comparison, target, latency = _prune_to_latency(args, model, options, latency_target,
+                                                                          bench, *profile)
     else:
+        options, target = _choose_ratio(options, graph, state, args.img_size)
         result, comparison, latency = prune(model, options), None, None
-    prune_s = time.perf_counter() - t0
-    _print_plan(result, state)
-    print(f"verified: compact == absorbed at {result.verification['img_size']} px "
-          f"(max relative difference {result.verification['max_rel_diff']:.2e}); "
-          f"pruning took {prune_s:.3f} s")
-
+    prune_s = result.timings["total"]  # the prune of the chosen ratio, without the latency search
+    paths = _checked_paths(args, s, options)  # the file names carry the ratio
+    _print_result(result, state, prune_s)
     figures = _figures(args, data, model, result, bench, comparison)
-    measured = figures.pop("comparison", None)
-    if latency is None and measured is not None:  # --runtime / --threads without a latency target
-        latency = {"runtime": bench.runtime, "device": bench.device, "threads": bench.threads,
-                   "img_size": bench.img_size, **measured}
+    latency = _latency_record(figures, bench, latency)
     rows = layer_rows(graph, result.masks, s, options.extra)
     print(layer_table(rows))
     print(metric_table(figures, bench.describe() if bench is not None else str(device)))
     entry = _history_entry(args, options, target, result, figures, prune_s, latency)
     _write_outputs(paths, ckpt, result, entry, rows, args)
     return 0
+
+
+def _print_result(result: PruneResult, state: dict, prune_s: float) -> None:
+    _print_plan(result, state)
+    print(f"verified: compact == absorbed at {result.verification['img_size']} px "
+          f"(max relative difference {result.verification['max_rel_diff']:.2e}); "
+          f"pruning took {prune_s:.3f} s")
+
+
+def _latency_record(figures: dict[str, Any], bench: Bench | None, latency: dict | None) -> dict | None:
+    """The history's latency record: the latency target's, else (with --runtime / --threads alone) the
+    round-robin measurement that :func:`_figures` left under ``"comparison"``, else None."""
+    measured = figures.pop("comparison", None)
+    if latency is None and measured is not None:
+        latency = {"runtime": bench.runtime, "device": bench.device, "threads": bench.threads,
+                   "img_size": bench.img_size, **measured}
+    return latency
 
 
 def _checked_paths(args: argparse.Namespace, s: Strategy, options: PruneOptions) -> dict[str, Path]:

@@ -294,6 +294,11 @@ class LatencyProfile:
         rest = max(self.model_ms - full, 0.0)
         return rest + sum(self.layer_ms(i, c[1], c[3]) for i, c in counts.items()), rest + full
 
+    def layer_times(self) -> dict[int, float]:
+        """conv -> its milliseconds at the profiled architecture's own widths."""
+        return {i: self.layer_ms(i, *max(((p[0], p[1]) for p in pts), key=lambda w: w[0] * w[1]))
+                for i, pts in self.layers.items()}
+
     def fraction(self, counts: Mapping[int, tuple[int, int, int, int]]) -> float:
         """Predicted latency of the compact model as a fraction of the original's."""
         compact, original = self.predict_ms(counts)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Mapping
 
 from .errors import OptionError
 from .strategy import Strategy, get_strategy
 
-__all__ = ["PruneOptions", "Target", "LatencyTarget", "RUNTIMES", "EXTRA_LAYERS", "extra_layers", "validate_ratio", "validate_layer_keep"]
+__all__ = ["PruneOptions", "Target", "LatencyTarget", "RUNTIMES", "EXTRA_LAYERS", "extra_layers", "validate_ratio",
+           "validate_layer_keep"]
 
 # Layers no strategy prunes unless asked: option name -> the flag that asks.
 EXTRA_LAYERS = {"upsample": "--include-upsample", "sppf": "--include-sppf"}

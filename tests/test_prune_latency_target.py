@@ -27,6 +27,7 @@ from utils.prune.latency import (Bench, Comparison, LatencyProfile, LatencyUnrea
                                  make_runner, measure_profile, meet_latency, spread)
 from utils.prune.options import LatencyTarget, OptionError
 from utils.prune.surgery import channel_counts
+from utils.synthetic import make_shapes_dataset
 
 FAST = ["--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "3"]
 MS_PER_FLOP = 1e-6
@@ -339,13 +340,13 @@ def test_cli_sweep_prints_one_row_per_target_and_writes_nothing(checkpoint, fake
     out = capsys.readouterr().out
     rows = [l for l in out.splitlines() if l.startswith("| 0.")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.9", "0.7"]
-    assert "nothing was written" in out
+    assert "no model, cfg or report was written" in out
     assert slim_prune_yolov5s.main(argv) == 0
     out = capsys.readouterr().out
     rows = [l for l in out.splitlines() if l.startswith("| 0.")]
     assert [r.split("|")[1].strip() for r in rows] == ["0.8", "0.5", "0.001"]
     assert "unreachable" in rows[2] and "unreachable" not in rows[0] + rows[1]
-    assert "nothing was written (a sweep is for choosing" in out
+    assert "no model, cfg or report was written (a sweep is for choosing" in out
     assert sorted(os.listdir(tmp_path / "w")) == ["last.pt"]
 
 
@@ -419,3 +420,19 @@ def test_cli_unwritable_folder_fails_before_any_timing(checkpoint, fake, tmp_pat
     assert slim_prune_yolov5s.main(argv) == 2
     assert "is a file" in _error(capsys, "slim_prune_yolov5s.py")
     assert fake.layer_runners == fake.model_runners == 0 and not (tmp_path / "p.json").exists()
+
+
+def test_cli_sweep_evaluates_the_masked_models(fake, tmp_path, capsys):
+    """Without --no-eval every sweep row carries the masked model's mAP on the val split."""
+    root = make_shapes_dataset(tmp_path / "shapes", n_train=2, n_val=2, img_size=64, seed=1, workers=1)
+    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=5), img_size=64).eval()
+    weights = save_checkpoint(tmp_path / "w" / "five.pt", model, history=[{"step": "sparsity", "prune": 1}])
+    assert slim_prune_yolov5s.main(["--weights", str(weights), "--data", str(root / "dataset.yaml"),
+                                    "--img_size", "64", "--device", "cpu", "--latency-runs", "1", "--workers",
+                                    "0", "--batch-size", "2", "--target-ms", "--sweep", "1e9,1e-9",
+                                    "--profile", str(tmp_path / "p.json")]) == 0
+    rows = [l.split("|")[1:-1] for l in capsys.readouterr().out.splitlines() if l.startswith("| 1e")]
+    assert [r[0].strip() for r in rows] == ["1e+09", "1e-09"]
+    assert all(0.0 <= float(v) <= 1.0 for v in (rows[0][7], rows[0][8]))  # mAP@.5, mAP@.5:.95 of the masked
+    assert rows[0][1].strip() == "0.0" and "unreachable" in rows[1][1]
+    assert sorted(os.listdir(tmp_path / "w")) == ["five.pt"]

@@ -5,8 +5,14 @@ Each script is ``main(argv) = run(<strategy>, argv)`` under :func:`utils.errors.
 strategy decides the ratio flag (``--percent`` or ``--global_percent``), whether ``--layer_keep``
 exists, the default weights and ratio of the original yolov5_prune, and the output file prefix.
 Every range is checked at parse time; every problem the user can fix (missing or mismatched files,
-classes that differ from the dataset's, an unreachable target, an unwritable folder) ends the run
-before the pruning work, as one sentence. The four outputs are written all-or-nothing.
+classes that differ from the dataset's, an unreachable target, an unwritable folder, a runtime that
+is not installed) ends the run as one sentence, and writes nothing. The four outputs are written
+all-or-nothing.
+
+``--target-latency R`` / ``--target-ms T`` prune to a latency measured on ``--runtime`` (torch,
+onnxruntime, openvino) with ``--threads`` (see :mod:`utils.prune.latency`); the profile that guides
+the search is cached (``--profile``). ``--sweep`` prints candidate prunes for several targets of one
+kind and writes nothing.
 """
 from __future__ import annotations
 
@@ -308,8 +314,8 @@ def _sweep(args: argparse.Namespace, model: Darknet, options: PruneOptions, data
                      "yes" if met else "no", *("-" if m is None else f"{m:.4f}" for m in masked)])
     print(AsciiTable(rows).table)
     print(f"sweep: {len(args.sweep)} candidate prunes measured on {bench.describe()} at {args.img_size} px; "
-          f"nothing was written (a sweep is for choosing: rerun with one --target-{kind} value to write "
-          f"the pruned model)")
+          f"no model, cfg or report was written (a sweep is for choosing: rerun with one --target-{kind} "
+          f"value to write the pruned model)")
     return 0
 
 

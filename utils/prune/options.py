@@ -3,7 +3,9 @@
 :class:`PruneOptions` travels through :func:`~utils.prune.pipeline.plan`,
 :func:`~utils.prune.pipeline.prune` and :func:`~utils.prune.pipeline.search_ratio` instead of a
 dozen loose arguments. It is validated once, when it is made; every range error names the
-command-line flag that sets the value.
+command-line flag that sets the value. :class:`LatencyTarget` is the budget of ``--target-latency``
+/ ``--target-ms`` on a runtime; it does not decide masks, so it travels beside the options to
+:func:`~utils.prune.latency.meet_latency`.
 """
 from __future__ import annotations
 

@@ -436,3 +436,32 @@ def test_cli_sweep_evaluates_the_masked_models(fake, tmp_path, capsys):
     assert all(0.0 <= float(v) <= 1.0 for v in (rows[0][7], rows[0][8]))  # mAP@.5, mAP@.5:.95 of the masked
     assert rows[0][1].strip() == "0.0" and "unreachable" in rows[1][1]
     assert sorted(os.listdir(tmp_path / "w")) == ["five.pt"]
+
+
+def test_timing_runs_on_the_bench_threads(nano, monkeypatch):
+    """Every timed call runs with PyTorch pinned to --threads; the setting is restored afterwards."""
+    seen = []
+
+    def runner(module, shape, bench):
+        def run():
+            seen.append(torch.get_num_threads())
+            return 1.0
+        return run
+
+    monkeypatch.setattr(latency, "make_runner", runner)
+    before = torch.get_num_threads()
+    threads = 1 if before != 1 else 2
+    bench = Bench("torch", "cpu", threads, 64)
+    measure_profile(nano, bench, runs=1)
+    compare(nano, nano, bench, rounds=2)
+    assert seen and set(seen) == {threads}
+    assert torch.get_num_threads() == before
+
+
+def test_runtime_device_checks():
+    pytest.importorskip("openvino")
+    with pytest.raises(RuntimeUnavailable, match="--device cpu"):
+        check_runtime(Bench("openvino", "cuda:0"))
+    with pytest.raises(RuntimeUnavailable, match="not known"):
+        check_runtime(Bench("tensorrt"))
+    check_runtime(Bench("torch", "cpu"))

@@ -264,6 +264,39 @@ class _Scorer:
 
 
 # ---------------------------------------------------------------------------------- evaluation
+def _with_progress(dataloader: Iterable, progress: bool) -> Iterable:
+    """The batches, behind a progress bar on a terminal (no bar in logs)."""
+    if not (progress and sys.stdout.isatty()):
+        return dataloader
+    from tqdm import tqdm
+    return tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}")
+
+
+@torch.no_grad()
+def _run_batches(net: torch.nn.Module, batches: Iterable, scorer: _Scorer, timer: StageTimer,
+                 device: torch.device, half: bool, channels_last: bool, compute_loss: Callable | None,
+                 nms: dict) -> tuple[torch.Tensor | None, int, tuple | None]:
+    """Infer, NMS and score every batch; returns (summed loss items or None, batches, first batch shape)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    loss_sum, n_batches, shape = None, 0, None
+    for imgs, targets, paths, shapes in batches:
+        timer.start()
+        imgs = imgs.to(device, non_blocking=True)
+        imgs = ((imgs.half() if half else imgs.float()) / 255).contiguous(memory_format=layout)
+        targets = targets.to(device)
+        timer.lap("pre")
+        y, raw = net(imgs)
+        timer.lap("inference")
+        if compute_loss is not None:
+            items = compute_loss([r.float() for r in raw], targets)[1].detach().float()
+            loss_sum = items if loss_sum is None else loss_sum + items
+        dets = non_max_suppression(y.float(), **nms)
+        timer.lap("nms")
+        scorer.add_batch(dets, targets, imgs.shape[2:], shapes, paths)
+        n_batches, shape = n_batches + 1, shape or tuple(imgs.shape)  # first (full) batch
+    return loss_sum, n_batches, shape
+
+
 def evaluate(model: torch.nn.Module, dataloader: Iterable, *, conf_thres: float = 0.001,
              iou_thres: float = 0.6, max_det: int = 300, half: bool = False,
              names: Sequence[str] | dict | None = None, save_dir: str | Path | None = None,
@@ -289,31 +322,13 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, *, conf_thres: float 
         save_dir.mkdir(parents=True, exist_ok=True)
     scorer = _Scorer(nc, device, single_cls, plots, _coco_lookup(coco_ann, names) if save_json else None)
     net, private = _inference_model(model, half, fuse, channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    was_training, timer, loss_sum, n_batches, shape = net.training, StageTimer(device, STAGES), None, 0, None
-    batches = dataloader
-    if progress and sys.stdout.isatty():  # no bar in logs
-        from tqdm import tqdm
-        batches = tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}")
+    was_training, timer = net.training, StageTimer(device, STAGES)
+    nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
+           "max_det": max_det}
     try:
         net.eval()
-        with torch.no_grad():
-            for imgs, targets, paths, shapes in batches:
-                timer.start()
-                imgs = imgs.to(device, non_blocking=True)
-                imgs = ((imgs.half() if half else imgs.float()) / 255).contiguous(memory_format=layout)
-                targets = targets.to(device)
-                timer.lap("pre")
-                y, raw = net(imgs)
-                timer.lap("inference")
-                if compute_loss is not None:
-                    items = compute_loss([r.float() for r in raw], targets)[1].detach().float()
-                    loss_sum = items if loss_sum is None else loss_sum + items
-                dets = non_max_suppression(y.float(), conf_thres, iou_thres, multi_label=True,
-                                           agnostic=single_cls, max_det=max_det)
-                timer.lap("nms")
-                scorer.add_batch(dets, targets, imgs.shape[2:], shapes, paths)
-                n_batches, shape = n_batches + 1, shape or tuple(imgs.shape)  # first (full) batch
+        loss_sum, n_batches, shape = _run_batches(net, _with_progress(dataloader, progress), scorer, timer,
+                                                  device, half, channels_last, compute_loss, nms)
     finally:
         if not private:
             net.train(was_training)

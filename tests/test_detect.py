@@ -364,6 +364,8 @@ def test_nothing_readable_is_one_sentence(workdir, tmp_path, capsys):
     assert len(line) == 1 and "none of its 3 files could be read" in line[0] and str(folder) in line[0]
     assert "Traceback" not in err
     assert not (tmp_path / "runs" / "exp").exists()  # no empty run folder left behind
+    assert _main(workdir, tmp_path / "runs", source=str(folder / "empty.jpg")) == 2
+    _one_error_line(capsys.readouterr().err.split("\n", 1)[1], "--source", "empty.jpg", "the file is empty")
 
 
 def test_truncated_video_ends_with_a_warning(workdir, tmp_path, capsys):

@@ -310,11 +310,17 @@ def detect(opts: DetectOptions, device: torch.device | str = "cpu") -> DetectRes
         run.outputs.close()
     if result.frames == 0:
         _remove_empty(result.save_dir)
-        raise SourceError(f"--source {source}: none of its {len(files)} files could be read (see the "
-                          f"warnings above); give images or videos that OpenCV can decode")
+        raise SourceError(_nothing_read(source, result.problems))
     result.speed = run.timer.per_item_ms(result.frames)
     _print_summary(result, run.shapes, opts, len(files))
     return result
+
+
+def _nothing_read(source: str, problems: list[ReadProblem]) -> str:
+    """The one sentence for a run in which no source file could be read."""
+    what = problems[0].reason if len(problems) == 1 else \
+        f"none of its {len(problems)} files could be read (see the warnings above)"
+    return f"--source {source}: {what}; give images or videos that OpenCV can decode"
 
 
 def _remove_empty(save_dir: Path) -> None:

@@ -4,9 +4,9 @@ A source is an image, a video, a folder (its images and videos, sorted by name),
 a ``.txt`` file listing one path per line. :func:`resolve_sources` does the path work and fails
 early, naming the argument, when nothing usable is found; :func:`iter_frames` then yields every
 image once and every video frame by frame, so the caller handles both kinds in one loop. A file
-that cannot be decoded (empty, truncated, not really an image) is skipped with one warning rather
-than ending the run; :func:`image_problem` is the check that catches truncated files before the
-decoder half-reads them.
+that cannot be decoded (empty, truncated, not really an image) is reported to the caller as a
+:class:`ReadProblem` and skipped rather than ending the run; :func:`image_problem` is the check that
+catches truncated files before the decoder half-reads them.
 """
 from __future__ import annotations
 

@@ -446,3 +446,19 @@ def test_img_size_rounds_up_to_stride():
     assert check_img_size([100, 60], 32) == (128, 64)
     with pytest.raises(UserError, match="--img"):
         check_img_size([0], 32)
+
+
+def test_stage_timer_charges_each_stage_its_own_time():
+    from utils.timing import StageTimer
+    timer = StageTimer("cpu", ("pre-process", "inference", "NMS"))
+    assert timer.device is None  # nothing to synchronise on the CPU
+    for _ in range(2):
+        timer.start()
+        busy = sum(range(20000))  # noqa: F841 - some work for the first stage
+        first = timer.lap("pre-process")
+        second = timer.lap("inference")
+        assert first > 0 and second >= 0
+    assert list(timer.total) == ["pre-process", "inference", "NMS"] and timer.total["NMS"] == 0.0
+    ms = timer.per_item_ms(2)
+    assert ms["pre-process"] == pytest.approx(timer.total["pre-process"] / 2 * 1e3)
+    assert timer.per_item_ms(0)["inference"] == pytest.approx(timer.total["inference"] * 1e3)

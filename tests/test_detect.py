@@ -2,6 +2,7 @@
 bad input and its one-sentence error path."""
 from __future__ import annotations
 
+import dataclasses
 import errno
 import importlib.util
 import os
@@ -16,10 +17,11 @@ import torch
 import export
 import prune_detect
 from models import build_model, save_checkpoint
-from utils.detect import DetectResult, detect, label_lines
+from utils.detect import DetectOptions, DetectResult, detect, label_lines
 from utils.errors import UserError
 from utils.general import check_img_size
 from utils.sources import ReadProblem, SourceError, image_problem, iter_frames, resolve_sources
+from utils.timing import StageTimer
 from utils.torch_utils import select_device
 
 NAMES = ["circle", "cross", "square"]
@@ -449,7 +451,6 @@ def test_img_size_rounds_up_to_stride():
 
 
 def test_stage_timer_charges_each_stage_its_own_time():
-    from utils.timing import StageTimer
     timer = StageTimer("cpu", ("pre-process", "inference", "NMS"))
     assert timer.device is None  # nothing to synchronise on the CPU
     for _ in range(2):
@@ -462,3 +463,10 @@ def test_stage_timer_charges_each_stage_its_own_time():
     ms = timer.per_item_ms(2)
     assert ms["pre-process"] == pytest.approx(timer.total["pre-process"] / 2 * 1e3)
     assert timer.per_item_ms(0)["inference"] == pytest.approx(timer.total["inference"] * 1e3)
+
+
+def test_library_defaults_are_the_flag_defaults():
+    parsed = dataclasses.asdict(prune_detect.options(prune_detect.parse_args([])))
+    default = dataclasses.asdict(DetectOptions())
+    parsed["img"], default["img"] = list(parsed["img"]), list(default["img"])
+    assert parsed == default

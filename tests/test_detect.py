@@ -470,3 +470,11 @@ def test_library_defaults_are_the_flag_defaults():
     default = dataclasses.asdict(DetectOptions())
     parsed["img"], default["img"] = list(parsed["img"]), list(default["img"])
     assert parsed == default
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
+def test_damaged_onnx_is_one_sentence(workdir, tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    assert _main(workdir, tmp_path, weights=bad) == 2
+    _one_error_line(capsys.readouterr().err, "bad.onnx", "onnxruntime cannot load")

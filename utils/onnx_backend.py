@@ -126,7 +126,9 @@ class OnnxModel(nn.Module):
             session = ort.InferenceSession(str(self.path), sess_options=options,
                                            providers=_providers(ort, torch.device(device)))
         except Exception as e:  # onnxruntime raises its own exception types
-            raise OnnxModelError(f"{self.path}: onnxruntime cannot load the model: {e}") from None
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise OnnxModelError(f"{self.path}: onnxruntime cannot load the model ({detail}); export it again "
+                                 f"with export.py") from None
         self._attach(session)
         self._device = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
 

@@ -478,3 +478,26 @@ def test_damaged_onnx_is_one_sentence(workdir, tmp_path, capsys):
     bad.write_bytes(b"not a protobuf")
     assert _main(workdir, tmp_path, weights=bad) == 2
     _one_error_line(capsys.readouterr().err, "bad.onnx", "onnxruntime cannot load")
+
+
+def test_no_function_level_imports_of_project_modules():
+    """The detection/export/evaluation files import project modules at the top only (optional
+    dependencies such as onnx, onnxruntime, tqdm or pycocotools may be imported where used)."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    files = ["export.py", "prune_detect.py", "val.py"] + [f"utils/{m}.py" for m in (
+        "detect", "export", "timing", "onnx_backend", "sources", "annotate", "evaluate", "metrics", "boxes",
+        "plots")]
+    project = {p.stem for p in root.glob("*.py")} | {"models", "utils", "data"}
+    for name in files:
+        tree = ast.parse((root / name).read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""] if node.level == 0 else ["utils"]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                assert not any(m.split(".")[0] in project for m in modules), \
+                    f"{name}:{node.lineno} imports {modules} inside {fn.name}()"

@@ -282,3 +282,16 @@ def test_cuda_device_without_cuda_is_one_sentence(weights, tmp_path, capsys):
     assert export.main(["--weights", str(weights), "--device", "cuda:0", "--output", str(tmp_path / "m.onnx")]) == 2
     _one_error_line(capsys.readouterr().err, "--device", "cpu")
     assert not list(tmp_path.iterdir())
+
+
+@needs_ort
+def test_export_leaves_the_model_unchanged(weights, tmp_path):
+    """BN folding happens on a fused copy: the caller's model keeps its BatchNorms, weights and mode."""
+    model = load_model(weights, "cpu", verbose=False).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx", (64, 64))
+    assert model.training
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert any("BatchNorm2d" in seq._modules for _, seq in model.conv_layers())

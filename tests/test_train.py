@@ -9,6 +9,7 @@ import torch
 
 from models import load_checkpoint, load_model
 from tests.conftest import ROOT
+from utils.engine import Hook
 
 TINY = ["--img", "64", "--batch", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml",
         "--noautoanchor"]
@@ -53,11 +54,13 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     args = TINY + ["--data", str(tiny_data), "--epochs", "2", "--project", str(tmp_path), "--seed", "1"]
     run_training(parse_args(args + ["--name", "full"]))
 
-    def crash_in_second_epoch(trainer):
-        def hook(tr, epoch, row):
+    class CrashInSecondEpoch(Hook):
+        def after_epoch(self, trainer, epoch, row):
             if epoch == 1:
                 raise _Stop
-        trainer.epoch_end.append(hook)
+
+    def crash_in_second_epoch(trainer):
+        trainer.register(CrashInSecondEpoch())
 
     with pytest.raises(_Stop):
         run_training(parse_args(args + ["--name", "cut"]), configure=crash_in_second_epoch)

@@ -111,8 +111,12 @@ def test_finetune_one_epoch(pruned, tiny_data, tmp_path, distill):
     steps = [e["step"] for e in ck["history"]]
     assert steps[-2:] == ["prune", "finetune"]
     assert ck["history"][-1]["distill"] is distill
+    header = (tmp_path / "ft" / "results.csv").read_text().splitlines()[0].split(",")
     if distill:
         assert ck["history"][-1]["teacher"] == str(sparse)
+        assert {"train/soft", "train/dbox", "train/rratio"} <= set(header)  # the distillation terms
+    else:
+        assert not any(h in header for h in ("train/soft", "train/dbox"))
     assert ck["cfg"] == load_checkpoint(child)["cfg"]  # compact architecture kept as it is
 
 

@@ -105,6 +105,7 @@ def test_sparsity_training_shrinks_gammas(tiny_data, tmp_path):
     assert g1 < g0
     entry = ck["history"][-1]
     assert entry["step"] == "sparsity" and entry["sr"] and entry["scale"] == 0.05 and entry["prune"] == 1
+    assert entry["sr_form"] == "gradient"  # SGD: the penalty went into the gradient
     model = load_model(tmp_path / "s1" / "weights" / "last.pt")
     assert entry["layers"] == prunable_layers(model.cfg, 3)
     for f in ("gamma_hist.png", "gamma_layers.png"):

@@ -13,7 +13,7 @@ import yaml
 from models import CfgError, CheckpointError, build_model, make_checkpoint, save_checkpoint
 from utils.datasets import DatasetError, load_hyp
 from utils.distill import Distiller
-from utils.engine import Hook, TrainConfig, Trainer, TrainError, add_config_args, config_from_args, resume_config
+from utils.engine import STEP_GROUPS, Hook, TrainConfig, Trainer, TrainError, add_config_args, config_from_args, resume_config
 from utils.errors import UserError
 from utils.prune.sparsity import SparsityHook, sparsity_form
 from utils.torch_utils import DeviceError, select_device
@@ -98,6 +98,23 @@ def test_help_lists_every_flag(capsys):
         assert flag in out
 
 
+def test_configs_built_in_code_are_checked_too():
+    with pytest.raises(TrainError, match="--epochs 0"):
+        TrainConfig(epochs=0)
+    with pytest.raises(TrainError, match="--optimizer"):
+        TrainConfig(optimizer="RMSprop")
+    with pytest.raises(ValueError, match="--label-smoothing"):
+        TrainConfig(label_smoothing=1.0)
+
+
+def test_checkpoint_records_the_options_of_its_step():
+    c = TrainConfig(sr=True, distill=True)
+    assert "scale" not in c.to_dict(STEP_GROUPS["train"]) and "distill" not in c.to_dict(STEP_GROUPS["train"])
+    assert c.to_dict(STEP_GROUPS["sparsity"])["sr"] is True and "distill" not in c.to_dict(STEP_GROUPS["sparsity"])
+    assert c.to_dict(STEP_GROUPS["finetune"])["distill"] is True
+    assert TrainConfig.from_dict(c.to_dict(STEP_GROUPS["train"]))[0].sr is False  # missing: the default
+
+
 def test_config_dict_loads_with_weights_only(tmp_path):
     c = TrainConfig(resume="a/last.pt", cache="ram", data="d.yaml")
     torch.save({"opt": c.to_dict()}, tmp_path / "c.pt")
@@ -113,7 +130,7 @@ def test_old_options_with_unknown_and_missing_keys():
     assert unknown == ["save_dir", "some_old_flag"]
 
 
-def test_resume_replaces_the_saved_config(tmp_path, capsys):
+def test_resume_replaces_the_saved_config(tmp_path):
     model = build_model("models/yolov5n.yaml", nc=5)
     saved = dict(TrainConfig(epochs=9, batch_size=4, device="cpu", workers=3).to_dict(), save_dir="x", old=1)
     last = tmp_path / "exp" / "weights" / "last.pt"
@@ -123,7 +140,6 @@ def test_resume_replaces_the_saved_config(tmp_path, capsys):
     config, ckpt = resume_config(given)
     assert config == dataclasses.replace(TrainConfig.from_dict(saved)[0], resume=str(last), workers=1)
     assert given.resume == str(last) and given.epochs == 100  # the caller's config is untouched
-    assert "old, save_dir" in capsys.readouterr().out
     finished = tmp_path / "done.pt"
     save_checkpoint(finished, ckpt=make_checkpoint(model, epoch=-1, opt=saved))
     with pytest.raises(TrainError, match="finished"):
@@ -375,3 +391,54 @@ def test_distillation_term_reaches_backward(tiny_data, tmp_path, no_warmup_hyp):
     assert named["soft"] > 0
     g = [p.grad for p in trainer.model.parameters() if p.grad is not None]
     assert g and max(float(x.abs().max()) for x in g) > 0
+
+
+def test_allow_unlabelled_reaches_both_loaders(tiny_data, tmp_path, monkeypatch):
+    import utils.engine as engine
+    seen = []
+    original = engine.create_dataloader
+
+    def spy(*args, **kw):
+        seen.append((kw.get("prefix"), kw.get("allow_unlabelled")))
+        return original(*args, **kw)
+
+    monkeypatch.setattr(engine, "create_dataloader", spy)
+    Trainer(_config(tiny_data, tmp_path, name="a", allow_unlabelled=True))._prepare_data()
+    Trainer(_config(tiny_data, tmp_path, name="b"))._prepare_data()
+    assert seen == [("train: ", True), ("val: ", True), ("train: ", False), ("val: ", False)]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_is_an_explicit_opt_in(tiny_data, tmp_path, no_warmup_hyp, channels_last):
+    trainer = _method_trainer(tiny_data, tmp_path, no_warmup_hyp, channels_last=channels_last)
+    formats = []
+    trainer.model.register_forward_pre_hook(
+        lambda m, args: formats.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                       and not args[0].is_contiguous()))
+    imgs, targets, _, _ = next(iter(trainer.loader))
+    trainer.model.train()
+    trainer._forward_backward(imgs, targets)
+    assert formats == [channels_last]
+
+
+def test_ctrl_c_mid_epoch_exits_130_and_keeps_last_pt(tiny_data, tmp_path, monkeypatch, capsys):
+    import train
+    import utils.engine as engine
+    from models import load_checkpoint, model_from_checkpoint
+    original = engine.Trainer._forward_backward
+
+    def interrupted(self, imgs, targets):
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, imgs, targets)
+
+    monkeypatch.setattr(engine.Trainer, "_forward_backward", interrupted)
+    argv = ["--data", str(tiny_data), "--cfg", "models/yolov5n.yaml", "--img", "64", "--batch", "8",
+            "--epochs", "2", "--workers", "0", "--noautoanchor", "--noval", "--project", str(tmp_path),
+            "--name", "cut"]
+    assert train.main(argv) == 130
+    wdir = tmp_path / "cut" / "weights"
+    ckpt = load_checkpoint(wdir / "last.pt")
+    assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None  # resumable
+    model_from_checkpoint(ckpt)
+    assert not list(wdir.glob(".*.tmp"))

@@ -67,6 +67,7 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     last = tmp_path / "cut" / "weights" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 0  # the last good checkpoint is usable
     run_training(parse_args(["--resume", str(last)]))
+    assert [e["step"] for e in load_checkpoint(last)["history"]] == ["train"]  # one entry for the run
     a = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)["model"]
     b = torch.load(last, weights_only=True)["model"]
     for k in a:

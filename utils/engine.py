@@ -36,12 +36,12 @@ from utils.datasets import create_dataloader, list_image_files, load_data_config
 from utils.errors import UserError, fraction, nonneg_float, nonneg_int, positive_float, positive_int
 from utils.evaluate import EvalResult, evaluate
 from utils.fileio import atomic_write_text, remove_stale_temps
-from utils.general import check_img_size, increment_path, init_seeds, set_cpu_threads, setup_logging
+from utils.general import LOGGER, check_img_size, increment_path, init_seeds, set_cpu_threads, setup_logging
 from utils.loss import ComputeLoss, scale_loss_gains
 from utils.plots import plot_results
 from utils.torch_utils import ModelEMA, de_parallel, select_device
 
-__all__ = ["TrainConfig", "TrainError", "Hook", "Trainer", "add_config_args", "config_from_args",
+__all__ = ["TrainConfig", "TrainError", "STEP_GROUPS", "resume_config", "Hook", "Trainer", "add_config_args", "config_from_args",
            "run_training", "DEFAULT_CFG", "ddp_env", "weight_fit", "WeightFit", "build_optimizer",
            "lr_lambda", "add_train_args"]
 
@@ -181,9 +181,26 @@ class TrainConfig:
     keep_names: bool = _opt(False, "the checkpoint defines classes and names (set by prune_finetune.py)",
                             group="finetune")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain values for checkpoints (``torch.load(weights_only=True)``) and opt.yaml."""
-        return dataclasses.asdict(self)
+    def __post_init__(self):
+        """The flags' own range checks, for configs built in code too (a TrainError names the flag)."""
+        for f in fields(self):
+            kw, value = f.metadata["kw"], getattr(self, f.name)
+            if value is None or not f.metadata["flags"]:
+                continue
+            flag = f.metadata["flags"][0]
+            if "choices" in kw and value not in kw["choices"]:
+                raise TrainError(f"{flag} {value}: use one of {', '.join(map(str, kw['choices']))}")
+            if kw.get("type") is not None:
+                try:
+                    kw["type"](str(value))
+                except argparse.ArgumentTypeError as e:
+                    raise TrainError(f"{flag} {value}: {e}") from None
+
+    def to_dict(self, groups: Iterable[str] | None = None) -> dict[str, Any]:
+        """Plain values (of ``groups``; default all) for checkpoints (``torch.load(weights_only=True)``)
+        and opt.yaml."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if groups is None or f.metadata["group"] in groups}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> tuple["TrainConfig", list[str]]:
@@ -212,6 +229,10 @@ def config_from_args(ns: argparse.Namespace, **fixed: Any) -> TrainConfig:
     """A frozen config from parsed flags (fields without a flag keep their default unless in ``fixed``)."""
     values = {f.name: getattr(ns, f.name) for f in fields(TrainConfig) if hasattr(ns, f.name)}
     return TrainConfig(**{**values, **fixed})
+
+
+ALL_GROUPS = ("train", "sparsity", "finetune")
+STEP_GROUPS = {"train": ("train",), "sparsity": ("train", "sparsity"), "finetune": ("train", "finetune")}
 
 
 def ddp_env() -> tuple[int, int, int]:
@@ -375,7 +396,8 @@ def resume_config(config: TrainConfig) -> tuple[TrainConfig, dict]:
         raise TrainError(f"--resume {last}: this checkpoint is finished (stripped); nothing to resume")
     saved, unknown = TrainConfig.from_dict(ckpt.get("opt") or {})
     if unknown:
-        print(f"Note: --resume {last}: ignoring stored options this version does not know: {', '.join(unknown)}")
+        LOGGER.info(f"Note: --resume {last}: ignoring stored options this version does not know: "
+                    f"{', '.join(unknown)}")
     keep = {k: getattr(config, k) for k in ("device", "workers", "local_rank")
             if getattr(config, k) not in (None, "", -1)}
     return dataclasses.replace(saved, resume=str(last), **keep), ckpt
@@ -395,6 +417,7 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"Trainer needs a TrainConfig, got {type(config).__name__}")
         self.step_name = step
+        self.groups = STEP_GROUPS.get(step, ALL_GROUPS)  # the options this step records
         self.hooks: list[Hook] = []
         self.history_extra: dict[str, Any] = {}
         self.local_rank, self.rank, self.world_size = ddp_env()
@@ -457,7 +480,7 @@ class Trainer:
             for stale in remove_stale_temps(self.wdir):
                 self._log(f"Removed {stale.name}, left by an interrupted save")
             atomic_write_text(self.save_dir / "hyp.yaml", yaml.safe_dump(self.hyp, sort_keys=False))
-            atomic_write_text(self.save_dir / "opt.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+            atomic_write_text(self.save_dir / "opt.yaml", yaml.safe_dump(c.to_dict(self.groups), sort_keys=False))
 
     def _make_model(self) -> tuple[Darknet, list[dict]]:
         """The model to train from --weights/--cfg and the dataset's classes, and the history it inherits.
@@ -465,9 +488,10 @@ class Trainer:
         The history is inherited only when every tensor outside the detection head was loaded.
         """
         c, nc = self.config, self.data.nc
-        if self._resume_ckpt is not None:
+        if self._resume_ckpt is not None:  # its last history entry is this run's own, written again at saves
             ckpt = self._resume_ckpt
-            return model_from_checkpoint(ckpt, prefer_ema=False, source=str(c.resume)), list(ckpt.get("history", []))
+            return (model_from_checkpoint(ckpt, prefer_ema=False, source=str(c.resume)),
+                    list(ckpt.get("history", []))[:-1])
         if not c.weights:
             model = build_model(c.cfg or DEFAULT_CFG, nc=nc)
             model.names = list(self.data.names)
@@ -484,8 +508,12 @@ class Trainer:
         """``--cfg`` given with ``--weights``: the checkpoint's own network when they agree; else a new
         network from the cfg that starts from the weights only if they fit (or ``--allow-partial``)."""
         c = self.config
-        given = build_model(load_cfg_file(c.cfg), nc=self.data.nc)
+        given_cfg = load_cfg_file(c.cfg)
+        given = build_model(given_cfg, nc=self.data.nc)
         if same_network(src, given):
+            if given_cfg.nc != src.cfg.nc or given_cfg.level_anchors() != src.cfg.level_anchors():
+                self._log(f"WARNING: {c.cfg} differs from {c.weights} in classes or anchors; "
+                          f"using the checkpoint's (nc={src.cfg.nc})")
             return src, True
         if c.keep_names:
             raise TrainError(f"--cfg {c.cfg} does not match the network stored in {c.weights} (layer types, "
@@ -785,7 +813,7 @@ class Trainer:
         return make_checkpoint(
             de_parallel(self.model), ema=self.ema.ema if self.ema else None,
             updates=self.ema.updates if self.ema else 0, epoch=epoch, best_fitness=self.best_fitness,
-            optimizer=self.optimizer, hyp=self.hyp, opt=self.config.to_dict(),
+            optimizer=self.optimizer, hyp=self.hyp, opt=self.config.to_dict(self.groups),
             history=self.history + [self._history_entry(epoch)])
 
     @staticmethod

@@ -488,10 +488,12 @@ class Trainer:
         The history is inherited only when every tensor outside the detection head was loaded.
         """
         c, nc = self.config, self.data.nc
-        if self._resume_ckpt is not None:  # its last history entry is this run's own, written again at saves
+        if self._resume_ckpt is not None:
             ckpt = self._resume_ckpt
-            return (model_from_checkpoint(ckpt, prefer_ema=False, source=str(c.resume)),
-                    list(ckpt.get("history", []))[:-1])
+            history = list(ckpt.get("history", []))
+            if history and Path(str(history[-1].get("save_dir"))).resolve() == self.save_dir.resolve():
+                history = history[:-1]  # this run's own entry: written again at every save
+            return model_from_checkpoint(ckpt, prefer_ema=False, source=str(c.resume)), history
         if not c.weights:
             model = build_model(c.cfg or DEFAULT_CFG, nc=nc)
             model.names = list(self.data.names)

@@ -442,3 +442,18 @@ def test_ctrl_c_mid_epoch_exits_130_and_keeps_last_pt(tiny_data, tmp_path, monke
     assert ckpt["epoch"] == 0 and ckpt["optimizer"] is not None  # resumable
     model_from_checkpoint(ckpt)
     assert not list(wdir.glob(".*.tmp"))
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step()`")  # the skipped step
+def test_decoupled_penalty_skips_a_step_that_amp_skipped(tiny_data, tmp_path, no_warmup_hyp):
+    """Inf gradients: the scaler skips the optimizer step, so the soft-threshold must not run either."""
+    trainer = _method_trainer(tiny_data, tmp_path, no_warmup_hyp, nbs=32, optimizer="AdamW")
+    layers = [i for i, seq in trainer.model.conv_layers() if "BatchNorm2d" in seq._modules][:2]
+    grads = {i: torch.full_like(trainer.model.module_list[i].BatchNorm2d.weight, float("inf")) for i in layers}
+    trainer.compute_loss = ControlledLoss(trainer, layers, grads)
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True)
+    hook = trainer.register(SparsityHook(layers, scale=1.0, form="decoupled"))
+    w0 = trainer.model.module_list[layers[0]].BatchNorm2d.weight.detach().clone()
+    trainer._train_epoch(0)
+    assert trainer.stepped is False and hook.applied == 0
+    assert torch.equal(trainer.model.module_list[layers[0]].BatchNorm2d.weight.detach(), w0)

@@ -9,6 +9,12 @@ nominal batch, AMP on CUDA, ``last.pt`` every epoch and ``best.pt`` by fitness, 
 Every option is declared once, in :class:`TrainConfig` (default and help text); the scripts' flags
 are generated from it (:func:`add_config_args`). Later steps plug in through one :class:`Hook` class
 registered with ``trainer.register(hook)`` instead of copying the loop.
+
+``--weights`` must fit the model: when a tensor outside the detection head is missing or has another
+shape the run stops (:class:`TrainError`) unless ``--allow-partial`` is given, and then the run does
+not inherit the weights' history (a pruned checkpoint started under the original cfg does not claim
+its ``prune`` step). A head that differs only in the number of classes is re-initialised (transfer
+learning) and keeps the history.
 """
 from __future__ import annotations
 

@@ -131,3 +131,30 @@ def test_finetune_refuses_a_teacher_with_other_classes(pruned, tiny_data, tmp_pa
     assert "classes" in err and str(other) in err and "Traceback" not in err
     with pytest.raises(ValueError, match="classes"):  # the library error stays a ValueError
         check_teacher(build_model("models/yolov5n.yaml", nc=5), build_model("models/yolov5n.yaml", nc=2), "t")
+
+
+def test_finetune_cfg_must_describe_the_pruned_network(pruned, tiny_data, tmp_path):
+    """The pruned .cfg written beside the weights is accepted (history kept); the unpruned one is refused."""
+    import prune_finetune
+    from utils.engine import Trainer, TrainError
+    _, child = pruned
+    base = ["--weights", str(child), "--data", str(tiny_data), "--img", "64", "--batch", "8", "--epochs", "1",
+            "--workers", "0", "--project", str(tmp_path), "--device", "cpu"]
+    trainer = Trainer(prune_finetune.parse_args(base + ["--cfg", str(child.with_suffix(".cfg")), "--name", "a"]),
+                      step="finetune")
+    assert [e["step"] for e in trainer.history][-1] == "prune"
+    with pytest.raises(TrainError, match="does not match the network"):
+        Trainer(prune_finetune.parse_args(base + ["--cfg", "models/yolov5n.yaml", "--name", "b"]), step="finetune")
+
+
+def test_pruned_weights_under_the_original_cfg_do_not_claim_the_prune_step(pruned, tiny_data, tmp_path, capsys):
+    import train
+    from utils.engine import Trainer
+    _, child = pruned
+    base = ["--weights", str(child), "--cfg", "models/yolov5n.yaml", "--data", str(tiny_data), "--img", "64",
+            "--workers", "0", "--project", str(tmp_path), "--device", "cpu", "--noautoanchor"]
+    assert train.main(base + ["--epochs", "1"]) == 2
+    assert "--allow-partial" in capsys.readouterr().err
+    trainer = Trainer(train.parse_args(base + ["--allow-partial"]))
+    assert trainer.history == []
+    assert "WARNING --allow-partial" in capsys.readouterr().out

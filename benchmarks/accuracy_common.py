@@ -33,7 +33,7 @@ DEFAULT_RUN = "runs/pipeline/default"
 QUICK_EPOCHS = 1          # --quick: every training runs this many epochs ...
 QUICK_TRAIN_IMAGES = 32   # ... on at most this many training images
 
-# checkpoint ``opt`` key -> flag of the training scripts (utils/engine.add_train_args), values
+# checkpoint ``opt`` key -> flag of the training scripts (generated from utils/engine.TrainConfig), values
 TRAIN_FLAGS = {"img": "--img", "batch_size": "--batch", "nbs": "--nbs", "optimizer": "--optimizer",
                "epochs": "--epochs", "seed": "--seed", "data": "--data", "hyp": "--hyp",
                "max_train_images": "--max-train-images", "label_smoothing": "--label-smoothing",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from models import load_model
-from utils.datasets import load_data_config
+from utils.dataconfig import load_data_config
 from utils.errors import cli_main, fraction, nonneg_int, positive_int
 from utils.evaluate import EvalResult, evaluate_dataset
 from utils.general import increment_path, set_cpu_threads

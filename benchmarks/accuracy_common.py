@@ -281,7 +281,7 @@ def evaluate_weights(weights: str | Path, data: str | None, img: int, batch_size
     """mAP@.5 and mAP@.5:.95 of a checkpoint on the validation split (the pipeline report's way:
     the project's evaluator, rectangular batches, conf 0.001, IoU 0.6)."""
     from models import load_model
-    from utils.datasets import load_data_config
+    from utils.dataconfig import load_data_config
     from utils.evaluate import evaluate_dataset
 
     model = load_model(weights, device="cpu", verbose=False)

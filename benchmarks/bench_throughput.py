@@ -257,7 +257,7 @@ def _write_yaml(path: Path, nc: int, names: list[str], train: str, val: str) -> 
 def prepare_data(work: Path, train_images: int, val_images: int) -> dict[str, dict[str, str]]:
     """One private copy per side of the training subset and of the reference validation set."""
     sys.path.insert(0, str(ROOT))
-    from utils.datasets import list_image_files, load_data_config
+    from utils.dataconfig import list_image_files, load_data_config
 
     builtin = load_data_config(None)  # generates the built-in dataset on first use
     train_files = [Path(f) for f in list_image_files(builtin.train)][:train_images]

@@ -150,7 +150,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     import torch
 
-    from utils.datasets import load_data_config
+    from utils.dataconfig import load_data_config
     opt = parse_args(argv)
     run = Path(opt.run)
     data_cfg = load_data_config(opt.data)

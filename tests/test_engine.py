@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from models import CfgError, CheckpointError, build_model, make_checkpoint, save_checkpoint
-from utils.datasets import DatasetError, load_hyp
+from utils.dataconfig import DatasetError
+from utils.hyp import load_hyp
 from utils.distill import Distiller
 from utils.engine import (STEP_GROUPS, Hook, TrainConfig, Trainer, TrainError, add_config_args, config_from_args,
                           resume_config, weight_fit)

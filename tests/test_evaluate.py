@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.datasets import create_dataloader, load_data_config
+from utils.dataconfig import load_data_config
+from utils.datasets import create_dataloader
 from utils.evaluate import EvalResult, evaluate, evaluate_dataset
 
 FLAT_KEYS = {"P", "R", "mAP50", "mAP50-95", "per_class", "speed"}

@@ -25,7 +25,7 @@ from models import load_model
 from .annotate import annotate, summarise_counts
 from .augment import letterbox
 from .boxes import non_max_suppression, scale_boxes, xyxy2xywhn
-from .datasets import load_data_config
+from .dataconfig import load_data_config
 from .general import check_img_size, increment_path
 from .onnx_backend import OnnxModel, is_onnx
 from .sources import Frame, ReadProblem, SourceError, iter_frames, resolve_sources, video_fourcc

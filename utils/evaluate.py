@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from .boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
-from .datasets import create_dataloader, load_data_config
+from .dataconfig import load_data_config
+from .datasets import create_dataloader
 from .errors import UserError
 from .general import check_img_size
 from .metrics import ConfusionMatrix, ap_per_class, fitness, match_predictions

@@ -136,17 +136,19 @@ def max_removable(blocks: Sequence[Block], allow_empty: bool = False) -> int:
 
 
 def select_blocks(blocks: Sequence[Block], importance: Mapping[int, float], n: int,
-                  allow_empty: bool = False) -> list[Block]:
+                  allow_empty: bool = False, flag: str = "--shortcuts") -> list[Block]:
     """The ``n`` least important blocks (ties: the earlier layer first), in layer order; without
-    ``allow_empty`` every stage keeps its most important block. Too many asked: :class:`PruneError`."""
+    ``allow_empty`` every stage keeps its most important block. Too many asked: :class:`PruneError`
+    naming ``flag``, the command-line flag that asked."""
     top = max_removable(blocks, allow_empty)
     if n > top:
         stages = len({b.stage for b in blocks})
         if not blocks:
-            raise PruneError(f"--shortcuts {n}: the model has no residual blocks that can be removed")
+            raise PruneError(f"{flag} {n}: the model has no residual blocks that can be removed")
         rule = ("" if allow_empty else ", each of which keeps one (--allow-empty lets a C3 lose them all)")
-        raise PruneError(f"--shortcuts {n} asks for more residual blocks than can be removed: the model "
-                         f"has {len(blocks)} in {stages} C3 modules{rule}; ask for --shortcuts {top} or fewer")
+        ask = f"ask for {flag} {top} or fewer" if top else "none can be removed without --allow-empty"
+        raise PruneError(f"{flag} {n} asks for more residual blocks than can be removed: the model "
+                         f"has {len(blocks)} in {stages} C3 modules{rule}; {ask}")
     left = Counter(b.stage for b in blocks)
     chosen: list[Block] = []
     for b in sorted(blocks, key=lambda b: (importance[b.shortcut], b.shortcut)):
@@ -239,16 +241,17 @@ def _masks(state: Mapping[str, torch.Tensor], blocks: Sequence[Block]) -> dict[i
 
 
 def layer_prune(model: Darknet, n: int, allow_empty: bool = False, statistic: str = "rms",
-                verify_img_size: int = 256, tol: float = 1e-4) -> LayerResult:
+                verify_img_size: int = 256, tol: float = 1e-4, flag: str = "--shortcuts") -> LayerResult:
     """Remove the ``n`` least important residual blocks of ``model`` (left unchanged) and prove the
-    compact model equals the absorbed one (:class:`~utils.prune.errors.VerificationError` if not)."""
+    compact model equals the absorbed one (:class:`~utils.prune.errors.VerificationError` if not).
+    ``flag``: the command-line flag that set ``n`` (named when ``n`` is too large)."""
     t0 = time.perf_counter()
     cfg = model.to_cfg()
     graph = analyse(cfg)
     state = model.state_dict()
     blocks = find_blocks(cfg, graph)
     importance = block_importance(state, blocks, statistic)
-    removed = select_blocks(blocks, importance, n, allow_empty)
+    removed = select_blocks(blocks, importance, n, allow_empty, flag)
     masks = _masks(state, removed)
     absorbed = absorb(graph, state, masks)
     new_cfg, index = remove_blocks(cfg, removed)

@@ -111,13 +111,12 @@ def find_blocks(cfg: ModelCfg, graph: PruneGraph | None = None) -> list[Block]:
     for s, layer in enumerate(cfg.layers):
         if layer.type != "shortcut":
             continue
-        for top, source in (layer.inputs, layer.inputs[::-1]):
-            convs = _branch(cfg, graph.readers, s, top, source) if source >= 0 else None
-            if convs and _removable(graph, convs[-1]):
-                chained = bool(blocks) and blocks[-1].shortcut == source
-                stage = blocks[-1].stage + (0 if chained else 1) if blocks else 0
-                blocks.append(Block(s, source, convs, stage))
-                break
+        top, source = layer.inputs  # the branch ends just before the add (convs read the previous layer)
+        convs = _branch(cfg, graph.readers, s, top, source) if source >= 0 else None
+        if convs and _removable(graph, convs[-1]):
+            chained = bool(blocks) and blocks[-1].shortcut == source
+            stage = blocks[-1].stage + (0 if chained else 1) if blocks else 0
+            blocks.append(Block(s, source, convs, stage))
     return blocks
 
 
@@ -173,8 +172,11 @@ def _relinked(layer: Layer, inputs: list[int]) -> Layer:
 
 def remove_blocks(cfg: ModelCfg, blocks: Sequence[Block]) -> tuple[ModelCfg, dict[int, int]]:
     """``cfg`` without the layers of ``blocks`` (readers of a removed shortcut read its source), and
-    old -> new index of every kept layer. A layer whose first input is implicitly the previous one
-    but no longer is gets a one-input ``[route]`` before it (not needed for YOLOv5 cfgs)."""
+    old -> new index of every kept layer.
+
+    A block's layers are contiguous and its first conv reads the layer just before it (convs read
+    the previous layer), which is its source; so the layer after a removed block still reads the
+    previous layer, as cfg sections other than ``[route]`` must (checked)."""
     gone = {j for b in blocks for j in b.layers}
     alias = {b.shortcut: b.source for b in blocks}
     index: dict[int, int] = {}
@@ -190,7 +192,8 @@ def remove_blocks(cfg: ModelCfg, blocks: Sequence[Block]) -> tuple[ModelCfg, dic
             continue
         inputs = [new(j) for j in layer.inputs]
         if layer.type != "route" and inputs[0] != len(layers) - 1:
-            layers.append(Layer(type="route", options={"layers": [inputs[0]]}, inputs=(inputs[0],)))
+            raise PruneError(f"layer {i} would no longer read the layer before it once the blocks at "
+                             f"{[b.shortcut for b in blocks]} are removed; these blocks cannot be cut")
         index[i] = len(layers)
         layers.append(_relinked(layer, inputs))
     return validate(ModelCfg(net=dict(cfg.net), layers=layers, path=cfg.path)), index

@@ -248,6 +248,7 @@ def test_script_writes_an_ordinary_model(source, tmp_path, capsys):
     assert _run_layers(weights, "--shortcuts", "2") == 0
     out = capsys.readouterr().out
     assert "verified: compact == absorbed" in out
+    assert "WARNING" not in out  # sparsity-trained with --prune 1: every block's last conv regularised
     names = ["last.pt", "layer_2_last.cfg", "layer_2_last.json", "layer_2_last.png", "layer_2_last.pt"]
     assert _files(tmp_path) == names
     pruned = tmp_path / "layer_2_last.pt"
@@ -394,3 +395,21 @@ def test_renumbered_sparsity_layers_match_the_layer_pruned_model(source, tmp_pat
     history = renumber_history(ckpt["history"])
     assert sorted(history[0]["layers"]) == sorted(sparsity_layers(model.cfg, 1))
     assert sparsity_warning(history, get_strategy("8x"), "w", sparsity_layers(model.cfg, 1)) is None
+
+
+def test_sparsity_note_names_unregularised_blocks(models):
+    cfg = models["models/yolov5n.yaml"].to_cfg()
+    blocks = find_blocks(cfg)
+    assert "not sparsity-trained" in layers_mod.sparsity_note([], "w.pt", blocks)
+    off = [{"step": "sparsity", "sr": False, "layers": sparsity_layers(cfg, 1)}]
+    assert "not sparsity-trained" in layers_mod.sparsity_note(off, "w.pt", blocks)
+    assert layers_mod.sparsity_note([{"step": "sparsity", "layers": sparsity_layers(cfg, 1)}], "w.pt", blocks) is None
+    note = layers_mod.sparsity_note([{"step": "sparsity", "layers": sparsity_layers(cfg, 0)}], "w.pt", blocks)
+    assert f"the last convs of {len(blocks)} residual blocks" in note  # --prune 0 skips shortcut groups
+
+
+def test_script_warns_without_sparsity_history(models, tmp_path, capsys):
+    model = models["models/yolov5n.yaml"]
+    save_checkpoint(tmp_path / "plain.pt", model)
+    assert _run_layers(tmp_path / "plain.pt", "--shortcuts", "1") == 0
+    assert "WARNING: " in capsys.readouterr().out

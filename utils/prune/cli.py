@@ -31,8 +31,8 @@ from .absorb import bn_key
 from .cost import latency_weights, profile_layers
 from .errors import PruneError
 from .graph import PruneGraph, analyse
-from .layers import (STATISTICS, LayerResult, block_rows, block_table, history_entry, layer_prefix, layer_prune,
-                     plot_blocks, renumber_history, search_shortcuts)
+from .layers import (STATISTICS, LayerResult, block_rows, block_table, find_blocks, history_entry, layer_prefix,
+                     layer_prune, plot_blocks, renumber_history, search_shortcuts, sparsity_note)
 from .masks import ranking_layers
 from .options import PruneOptions, Target, validate_ratio
 from .pipeline import PruneResult, prune, search_ratio
@@ -431,6 +431,9 @@ def run_layers(argv: Sequence[str] | None = None) -> int:
     ckpt, model = _load(args, device)
     args.img_size = check_img_size(args.img_size, int(max(model.cfg.strides or [32])), "--img_size")[0]
     data = _data_config(args, model)
+    warning = sparsity_note(ckpt.get("history") or [], str(args.weights), find_blocks(model.to_cfg()))
+    if warning:
+        print(f"WARNING: {warning}")
     target = None
     if args.target_flops is not None:
         n, got = search_shortcuts(model.to_cfg(), model.state_dict(), args.target_flops, args.img_size,

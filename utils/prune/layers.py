@@ -52,7 +52,7 @@ from .surgery import model_from_state, verify, verify_size
 __all__ = ["Block", "LayerResult", "STATISTICS", "find_blocks", "block_importance", "max_removable",
            "select_blocks", "remove_blocks", "reindex_state", "layer_prune", "search_shortcuts",
            "block_rows", "block_table", "plot_blocks", "history_entry", "layer_prefix",
-           "renumber_history", "STEP"]
+           "renumber_history", "sparsity_note", "STEP"]
 
 STEP = "layer_prune"  # the history step name
 
@@ -364,3 +364,19 @@ def renumber_history(history: Sequence[Mapping[str, Any]]) -> list[dict]:
             if isinstance(earlier, dict) and earlier.get("step") == "sparsity" and earlier.get("layers"):
                 earlier["layers"] = [mapping[int(i)] for i in earlier["layers"] if int(i) in mapping]
     return out
+
+
+def sparsity_note(history: Sequence[Mapping[str, Any]], weights: str, blocks: Sequence[Block]) -> str | None:
+    """A warning when the gammas that rank the blocks (their last convs') were never pushed toward 0."""
+    steps = [h for h in renumber_history(history) if isinstance(h, Mapping) and h.get("step") == "sparsity"]
+    if not steps or steps[-1].get("sr") is False or steps[-1].get("scale") == 0:
+        return (f"{weights} was not sparsity-trained with the penalty on; the gammas of a model never pushed "
+                f"toward 0 rank residual blocks poorly, and removing blocks usually costs much accuracy "
+                f"(run train_sparsity.py -sr --prune 1 first)")
+    layers = steps[-1].get("layers")
+    missing = [b.shortcut for b in blocks if layers is not None and b.last not in {int(i) for i in layers}]
+    if missing:
+        return (f"{weights}: the last convs of {len(missing)} residual blocks (e.g. the block adding at layer "
+                f"{missing[0]}) were not sparsity-regularised, so their ranking says little "
+                f"(train_sparsity.py --prune 1 regularises them)")
+    return None

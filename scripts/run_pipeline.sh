@@ -109,7 +109,7 @@ step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS"
 FINAL=$OUT/finetune_distill/weights/best.pt
 
 # 5. detection with the final model
-SOURCE=$($PY -c "from utils.datasets import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
+SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
 step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" --line-thickness 1 \
   --project "$OUT" --name detect --exist-ok
 

@@ -413,3 +413,28 @@ def test_script_warns_without_sparsity_history(models, tmp_path, capsys):
     save_checkpoint(tmp_path / "plain.pt", model)
     assert _run_layers(tmp_path / "plain.pt", "--shortcuts", "1") == 0
     assert "WARNING: " in capsys.readouterr().out
+
+
+def test_a_layer_pruned_model_finetunes_with_distillation(tmp_path):
+    """prune_finetune.py takes the layer-pruned checkpoint and its own .cfg, and distils from the
+    unpruned parent recorded in its history."""
+    import prune_finetune
+    from utils.synthetic import make_shapes_dataset
+
+    data = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, img_size=64, seed=5, workers=1)
+    data = data / "dataset.yaml"
+    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=5), img_size=64).eval()
+    model.names = ["circle", "rectangle", "triangle", "cross", "ring"]
+    weights = save_checkpoint(tmp_path / "last.pt", model,
+                              history=[{"step": "sparsity", "layers": sparsity_layers(model.cfg, 1)}])
+    assert _run_layers(weights, "--shortcuts", "2") == 0
+    pruned = tmp_path / "layer_2_last.pt"
+    teacher = load_checkpoint(pruned)["history"][-1]["parent"]
+    assert prune_finetune.main(["--weights", str(pruned), "--cfg", str(pruned.with_suffix(".cfg")),
+                                "--data", str(data), "--img", "64", "--batch", "4", "--epochs", "1",
+                                "--workers", "0", "--project", str(tmp_path), "--name", "ft", "--device", "cpu",
+                                "--distill", "--t_weights", teacher]) == 0
+    ck = load_checkpoint(tmp_path / "ft" / "weights" / "last.pt")
+    assert [e["step"] for e in ck["history"]][-2:] == ["layer_prune", "finetune"]
+    assert ck["history"][-1]["teacher"] == teacher
+    assert ck["cfg"] == load_checkpoint(pruned)["cfg"]

@@ -366,6 +366,22 @@ def test_combined_mode_refuses_too_many_blocks(source, tmp_path, capsys):
     assert _files(tmp_path) == ["last.pt"]
 
 
+@pytest.mark.parametrize("argv", [["--importance", "max"], ["--allow-empty"], ["--layers", "-1"]])
+def test_block_flags_of_the_channel_scripts_need_layers(source, tmp_path, capsys, argv):
+    weights = _copy(source[0], tmp_path)
+    with pytest.raises(SystemExit) as e:
+        slim_prune_yolov5s_8x.main(["--weights", str(weights), *argv, *FAST])
+    assert e.value.code == 2 and "--layers" in capsys.readouterr().err
+    assert _files(tmp_path) == ["last.pt"]
+
+
+def test_fused_models_have_no_removable_blocks(models):
+    fused = models["models/yolov5n.yaml"].fused_copy()
+    assert find_blocks(fused.to_cfg()) == []
+    with pytest.raises(PruneError, match="fused"):
+        layer_prune(fused, 1)
+
+
 def test_channel_pruning_a_layer_pruned_model_and_back(source, tmp_path, capsys):
     weights = _copy(source[0], tmp_path)
     assert _run_layers(weights, "--shortcuts", "2") == 0

@@ -137,6 +137,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, s: Strateg
         p.error("give either --target-flops or --target-params, not both")
     if targets and args.percent is not None:
         p.error(f"give either {s.ratio_flag} or --{targets[0].replace('_', '-')}, not both")
+    if not args.layers and (args.allow_empty or args.importance != "rms"):
+        p.error("--allow-empty and --importance choose the residual blocks of --layers N; give --layers too")
 
 
 def _options(args: argparse.Namespace, s: Strategy, weights: dict[int, float] | None) -> PruneOptions:

@@ -143,7 +143,8 @@ def select_blocks(blocks: Sequence[Block], importance: Mapping[int, float], n: i
     if n > top:
         stages = len({b.stage for b in blocks})
         if not blocks:
-            raise PruneError(f"{flag} {n}: the model has no residual blocks that can be removed")
+            raise PruneError(f"{flag} {n}: the model has no residual blocks that can be removed (a block's "
+                             f"last conv needs its BatchNorm: are they fused?)")
         rule = ("" if allow_empty else ", each of which keeps one (--allow-empty lets a C3 lose them all)")
         ask = f"ask for {flag} {top} or fewer" if top else "none can be removed without --allow-empty"
         raise PruneError(f"{flag} {n} asks for more residual blocks than can be removed: the model "

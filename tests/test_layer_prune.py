@@ -431,21 +431,46 @@ def test_script_warns_without_sparsity_history(models, tmp_path, capsys):
     assert "WARNING: " in capsys.readouterr().out
 
 
-def test_a_layer_pruned_model_finetunes_with_distillation(tmp_path):
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    """A tiny 5-class shapes dataset and a sparsity-trained-looking yolov5n checkpoint for it."""
+    from utils.synthetic import make_shapes_dataset
+
+    folder = tmp_path_factory.mktemp("five")
+    root = make_shapes_dataset(folder / "shapes", n_train=8, n_val=4, img_size=64, seed=5, workers=1)
+    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=5), img_size=64).eval()
+    model.names = ["circle", "rectangle", "triangle", "cross", "ring"]
+    weights = save_checkpoint(folder / "five.pt", model,
+                              history=[{"step": "sparsity", "layers": sparsity_layers(model.cfg, 1)}])
+    return root / "dataset.yaml", weights
+
+
+def test_evaluation_prints_masked_and_compact_map(five, tmp_path, capsys):
+    data, source_weights = five
+    weights = _copy(source_weights, tmp_path, "five.pt")
+    assert layer_prune_yolov5s.main(["--weights", str(weights), "--shortcuts", "1", "--data", str(data),
+                                     "--img_size", "64", "--device", "cpu", "--latency-runs", "1",
+                                     "--workers", "0", "--batch-size", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "mAP@.5 (pruned gammas zeroed)" in out
+    report = json.loads((tmp_path / "layer_1_five.json").read_text())
+    for key in ("mAP50", "mAP50_95"):
+        assert set(report["figures"][key]) == {"original", "masked", "compact"}
+        maps = report["figures"][key]
+        assert abs(maps["masked"] - maps["compact"]) <= 1e-6  # exact for YOLOv5 (1x1 readers)
+
+
+def test_a_layer_pruned_model_finetunes_with_distillation(five, tmp_path):
     """prune_finetune.py takes the layer-pruned checkpoint and its own .cfg, and distils from the
     unpruned parent recorded in its history."""
     import prune_finetune
-    from utils.synthetic import make_shapes_dataset
 
-    data = make_shapes_dataset(tmp_path / "shapes", n_train=8, n_val=4, img_size=64, seed=5, workers=1)
-    data = data / "dataset.yaml"
-    model = fake_sparsity_(build_model("models/yolov5n.yaml", nc=5), img_size=64).eval()
-    model.names = ["circle", "rectangle", "triangle", "cross", "ring"]
-    weights = save_checkpoint(tmp_path / "last.pt", model,
-                              history=[{"step": "sparsity", "layers": sparsity_layers(model.cfg, 1)}])
+    data, source_weights = five
+    weights = _copy(source_weights, tmp_path, "five.pt")
     assert _run_layers(weights, "--shortcuts", "2") == 0
-    pruned = tmp_path / "layer_2_last.pt"
+    pruned = tmp_path / "layer_2_five.pt"
     teacher = load_checkpoint(pruned)["history"][-1]["parent"]
+    assert teacher == str(weights.resolve())
     assert prune_finetune.main(["--weights", str(pruned), "--cfg", str(pruned.with_suffix(".cfg")),
                                 "--data", str(data), "--img", "64", "--batch", "4", "--epochs", "1",
                                 "--workers", "0", "--project", str(tmp_path), "--name", "ft", "--device", "cpu",

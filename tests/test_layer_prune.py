@@ -479,3 +479,72 @@ def test_a_layer_pruned_model_finetunes_with_distillation(five, tmp_path):
     assert [e["step"] for e in ck["history"]][-2:] == ["layer_prune", "finetune"]
     assert ck["history"][-1]["teacher"] == teacher
     assert ck["cfg"] == load_checkpoint(pruned)["cfg"]
+
+
+RESIDUAL_WITH_3X3_READER = """
+[net]
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=silu
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+pad=1
+activation=silu
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=silu
+[shortcut]
+from=-3
+activation=linear
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=silu
+[convolutional]
+filters=21
+size=1
+stride=1
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=2,3, 4,5, 6,7
+classes=2
+"""
+
+
+def test_a_3x3_reader_is_exact_inside_and_approximate_at_the_border():
+    """Any graph, not only C3s: the block's add feeds a 3x3 conv. compact == absorbed exactly;
+    against the model whose branch emits its constant (gammas zeroed) the zero padding of the
+    3x3 reader sees 0 instead of the constant, so only the one-pixel border differs."""
+    model = fake_sparsity_(build_model(parse_cfg(RESIDUAL_WITH_3X3_READER)), img_size=16).eval()
+    blocks = find_blocks(model.to_cfg())
+    assert [(b.shortcut, b.source, b.convs) for b in blocks] == [(3, 0, (1, 2))]
+    with pytest.raises(PruneError, match="--allow-empty"):
+        layer_prune(model, 1, verify_img_size=16)
+    result = layer_prune(model, 1, allow_empty=True, verify_img_size=16)
+    assert [l.type for l in result.cfg.layers] == ["convolutional", "convolutional", "convolutional", "yolo"]
+    x = _x(16)
+    with torch.no_grad():
+        masked = torch.func.functional_call(model, result.masked_state(model.state_dict()), (x,))[1][0]
+        absorbed = torch.func.functional_call(model, result.absorbed_state, (x,))[1][0]
+        compact = result.model(x)[1][0]  # (1, na, H, W, no)
+    scale = float(masked.abs().max())
+    assert float((compact - absorbed).abs().max()) <= 1e-5 * scale
+    inside = (compact - masked)[:, :, 1:-1, 1:-1]
+    assert float(inside.abs().max()) <= 1e-4 * scale
+    assert float((compact - masked).abs().max()) > 1e-3 * scale  # the border: the approximation

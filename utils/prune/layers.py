@@ -10,10 +10,10 @@ graph, so every depth and width and the P6 models are handled alike.
 gammas of the branch's last conv's BN. That BN's output is what the residual add receives; with
 gamma = 0 it emits the constant ``act(beta)``, so the change that removing the branch brings to
 the residual stream is, per channel, about ``act'(beta_c) * gamma_c * xhat_c`` with a unit-variance
-``xhat_c``. Its expected L2 norm per pixel is proportional to the RMS of gamma, divided by
-``sqrt(width)`` so that stages of different widths compare (their residual streams grow with the
-width too). The mean |gamma| would let a few large channels hide among many zeros; the maximum
-would let one noisy channel keep a block. Zeroed gammas of the *first* conv also make the branch
+``xhat_c``. Its expected L2 norm per pixel grows with ``sqrt(sum gamma_c^2)``; divided by
+``sqrt(width)`` (that is, the RMS) it compares stages of different widths, whose residual streams
+grow with the width too. The mean |gamma| would let a few large channels hide among many zeros;
+the maximum would let one noisy channel keep a block. Zeroed gammas of the *first* conv also make the branch
 near-constant, but the constant absorbed here is the last conv's ``act(beta)``, so only the last
 conv's gammas say how good that approximation is.
 
@@ -22,7 +22,7 @@ handled as a fully pruned conv by :mod:`utils.prune.absorb`: its gamma and beta 
 exact zeros, so ``y = x`` exactly) and its constant ``act(beta)`` added to every conv that reads it
 through the shortcut chain, the C3 concat, upsample or maxpool. The compact model (blocks cut out,
 readers of a removed ``[shortcut]`` rewired to its ``x``) reproduces that reference;
-:func:`prune_layers` verifies it before returning. The reference equals the full model with the
+:func:`layer_prune` verifies it before returning. The reference equals the full model with the
 branch replaced by ``act(beta)`` (the "masked" model: last-conv gammas zeroed) wherever a reader's
 kernel window does not reach into the zero padding (YOLOv5's readers are 1x1 convs: everywhere);
 it equals the unpruned model only as far as the removed branches' gammas are zero.

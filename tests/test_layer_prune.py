@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,8 @@ from utils.prune.layers import (STEP, block_importance, max_removable, remove_bl
                                 select_blocks)
 from utils.prune.report import sparsity_warning
 from utils.prune.strategy import get_strategy
+
+from tests.conftest import ROOT
 
 FAST = ["--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "1"]
 MODELS = ["models/yolov5n.yaml", "models/yolov5n6.yaml"]
@@ -548,3 +551,32 @@ def test_a_3x3_reader_is_exact_inside_and_approximate_at_the_border():
     inside = (compact - masked)[:, :, 1:-1, 1:-1]
     assert float(inside.abs().max()) <= 1e-4 * scale
     assert float((compact - masked).abs().max()) > 1e-3 * scale  # the border: the approximation
+
+
+@pytest.mark.parametrize("layers, passed", [("2", True), ("0", False)])
+def test_pipeline_passes_layers_to_the_prune_step(tmp_path, layers, passed):
+    """LAYERS=N adds --layers N to step 3 (a stand-in interpreter records each step's command line
+    and fails the prune step so the pipeline stops there)."""
+    log = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$@" >> {log}\ncase "$1" in *prune_yolov5s*.py) exit 3 ;; esac\n')
+    stub.chmod(0o755)
+    name = f"pytest_layers_{os.getpid()}_{layers}"
+    env = dict(os.environ, QUICK="1", NAME=name, PYTHON=str(stub), LAYERS=layers)
+    try:
+        r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        shutil.rmtree(ROOT / "runs" / "pipeline" / name, ignore_errors=True)
+    assert r.returncode == 3 and "step 'prune' failed" in r.stderr
+    prune_line = next(l for l in log.read_text().splitlines() if l.startswith("slim_prune_yolov5s_8x.py"))
+    assert (f"--layers {layers}" in prune_line) is passed
+
+
+def test_pipeline_refuses_a_layers_value_that_is_not_a_count(tmp_path):
+    name = f"pytest_layers_bad_{os.getpid()}"
+    env = dict(os.environ, QUICK="1", NAME=name, PYTHON=str(tmp_path / "never-run"), LAYERS="two")
+    r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "LAYERS=two" in r.stderr
+    assert not (ROOT / "runs" / "pipeline" / name).exists()

@@ -33,12 +33,15 @@ def parse_args(argv=None) -> TrainConfig:
     return config_from_args(ns, keep_anchors=True, keep_names=True)
 
 
+PRUNE_STEPS = ("prune", "layer_prune")  # history steps that remove channels or blocks
+
+
 def _teacher_path(trainer: Trainer) -> str:
     c = trainer.config
     if c.t_weights:
         return c.t_weights
-    for entry in reversed(trainer.history):
-        if entry.get("step") == "prune" and entry.get("parent"):
+    for entry in trainer.history:  # the model before the first pruning step: the unpruned one
+        if entry.get("step") in PRUNE_STEPS and entry.get("parent"):
             return entry["parent"]
     raise TrainError("--distill: no teacher given and none recorded in the pruned checkpoint's "
                      "history; pass --t_weights (the unpruned checkpoint)")
@@ -47,7 +50,7 @@ def _teacher_path(trainer: Trainer) -> str:
 def configure(trainer: Trainer) -> None:
     """Register the distillation hook (``--distill``) with the engine."""
     c = trainer.config
-    if not any(e.get("step") == "prune" for e in trainer.history):
+    if not any(e.get("step") in PRUNE_STEPS for e in trainer.history):
         print(f"WARNING: {c.weights} records no pruning step; finetuning it as it is")
     trainer.history_extra["distill"] = bool(c.distill)
     if not c.distill:

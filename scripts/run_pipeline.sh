@@ -100,12 +100,12 @@ if [ -n "$TARGET_FLOPS" ]; then PRUNE+=(--target-flops "$TARGET_FLOPS"); else PR
 step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG" --out-dir "$OUT/pruned"
 PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 
-# 4. finetune: plain and distilled from the sparse (unpruned) model
+# 4. finetune: plain, and distilled from the baseline (the strongest unpruned model of the run)
 step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
   --weights "$PRUNED" --name finetune
 step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
   --weights "$PRUNED" \
-  --name finetune_distill --distill --t_weights "$SPARSE"
+  --name finetune_distill --distill --t_weights "$BASE"
 FINAL=$OUT/finetune_distill/weights/best.pt
 
 # 5. detection with the final model

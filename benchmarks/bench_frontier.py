@@ -59,6 +59,7 @@ DEFAULT_BUDGET = fs.Budget(base=24, sparse=5, finetune=5)
 QUICK_BUDGET = fs.Budget(base=1, sparse=1, finetune=1)
 EPOCH_SECONDS = 40.0      # one yolov5s epoch at 160 px on the built-in data, 1 thread, validation included
 OTHER_SECONDS = {"prune": 15.0, "eval": 8.0}
+FLOPS_TOLERANCE = 0.05   # a pruned or width-scaled model this far from its FLOPs point is flagged
 PLATEAU_GAIN = 0.01       # val mAP@.5:.95 gained in the last quarter of epochs below this: a plateau
 
 
@@ -250,6 +251,18 @@ def onnx_round_robin(paths: Sequence[Path], img: int, rounds: int, warmup: int) 
     return times
 
 
+def flops_warnings(rows: Sequence[dict], tolerance: float = FLOPS_TOLERANCE) -> list[str]:
+    """Rows whose measured FLOPs ratio misses their FLOPs point by more than ``tolerance`` (marked
+    ``flops_off_target`` so a reader does not compare them at that point)."""
+    out = []
+    for r in rows:
+        r["flops_off_target"] = r.get("point") is not None and abs(r["flops_ratio"] - r["point"]) > tolerance
+        if r["flops_off_target"]:
+            out.append(f"WARNING: {r['label']} at the FLOPs point {r['point']:g} has {r['flops_ratio']:.3f} of "
+                       f"the FLOPs (see its prune stage's log)")
+    return out
+
+
 def measure_latency(rows: list[dict], root: Path, img: int, rounds: int, warmup: int) -> None:
     """Parameters, FLOPs, and PyTorch / ONNX Runtime CPU latency (1 thread, batch 1, BN fused) of
     every row, ratios paired per round to the yolov5s trained from scratch (added to ``rows``)."""
@@ -277,7 +290,8 @@ def _pm(mean: float, std: float | None) -> str:
 def format_table(rows: Sequence[dict]) -> str:
     """The frontier as a markdown table, grouped by FLOPs point, fastest first within a group."""
     order = sorted(rows, key=lambda r: (-(r.get("point") or 1.0), r.get("cpu_ratio", 0.0)))
-    body = [[r["label"], "-" if r.get("point") is None else f"{r['point']:g}", f"{r['flops_ratio']:.3f}",
+    body = [[r["label"], "-" if r.get("point") is None else f"{r['point']:g}",
+             f"{r['flops_ratio']:.3f}" + (" (off target)" if r.get("flops_off_target") else ""),
              f"{r['params'] / 1e6:.2f} M", _pm(r["mAP50-95"], r.get("mAP50-95_std")), _pm(r["mAP50"], r.get("mAP50_std")),
              f"{r['cpu_ms']:.1f}", f"{r['cpu_ratio']:.3f}", f"{r['onnx_ms']:.1f}", f"{r['onnx_ratio']:.3f}",
              str(len(r["per_seed"]))] for r in order]
@@ -296,17 +310,19 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
         return None
     markers = "osD^v<>pP*Xhd"
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colours = plt.get_cmap("tab20").colors
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     for k, method in enumerate(methods):
         pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cpu_ms"])
         ax.errorbar([r["cpu_ms"] for r in pts], [r["mAP50-95"] for r in pts],
                     yerr=[r.get("mAP50-95_std") or 0.0 for r in pts], marker=markers[k % len(markers)],
-                    linestyle="-" if len(pts) > 1 else "none", capsize=3, label=method)
+                    color=colours[(2 * k) % 20 + (k // 10) % 2], linestyle="-" if len(pts) > 1 else "none",
+                    capsize=3, label=method)
     ax.set_xlabel("CPU latency, ms (batch 1, BN fused, 1 thread)")
     ax.set_ylabel("test mAP@.5:.95")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -334,17 +350,22 @@ def output_paths(opt: argparse.Namespace) -> tuple[Path, Path]:
     return json_path, json_path.with_suffix(".png")
 
 
-def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], root: Path,
-           walls: dict[str, float]) -> dict:
+def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], root: Path) -> dict:
+    """Test mAPs, sizes and latencies of every row, the val curves, the stage times."""
     rows = collect_rows(stages, root)
+    walls = fs.stage_walls(stages, root)
     measure_latency(rows, root, s.img, opt.rounds, opt.warmup)
+    warnings = flops_warnings(rows)
+    for line in warnings:
+        print(line)
     table = format_table(rows)
     curves = {name: curve(root / name / "results.csv") for name in ("base", *[f"scratch_s_s{x}" for x in s.seeds])}
     return {"benchmark": "frontier", "quick": bool(opt.quick), "date": ac.now(), "machine": ac.machine_info(),
             "settings": {**asdict(s), "total_epochs": s.budget.total}, "root": str(root),
             "teacher": teacher_picker(root, s)() if any("distill" in r["method"] for r in rows) else None,
             "torch_pruning": TP_VERSION if s.torch_pruning else None, "curves": curves, "rows": rows,
-            "stage_wall_s": walls, "table_markdown": table}
+            "stage_wall_s": walls, "table_markdown": table, "warnings": warnings,
+            "baseline_epoch_s": walls["base"] / s.budget.base if "base" in walls else None}
 
 
 @cli_main
@@ -365,12 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.plan:
         return 0
     t0 = time.perf_counter()
-    walls = fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel)
+    fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel)
     if opt.stages:
         return 0
     if not any(r.get("reference") for r in (st.row for st in stages)):
         raise UserError("the yolov5s trained from scratch (the latency reference) is not planned")
-    result = report(opt, s, stages, root, walls)
+    result = report(opt, s, stages, root)
     result["wall_s"] = time.perf_counter() - t0
     json_path, png_path = output_paths(opt)
     print("\n" + result["table_markdown"] + "\n")

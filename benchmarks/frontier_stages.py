@@ -296,6 +296,15 @@ def is_done(root: Path, stage: Stage) -> bool:
     return (root / stage.name / DONE).is_file()
 
 
+def stage_walls(stages: Sequence[Stage], root: Path) -> dict[str, float]:
+    """Wall seconds of every finished stage, from the done-markers (earlier invocations included)."""
+    out = {}
+    for st in stages:
+        if is_done(root, st):
+            out[st.name] = float(json.loads((root / st.name / DONE).read_text())["wall_s"])
+    return out
+
+
 def find_pruned(folder: Path) -> Path:
     """The pruned checkpoint a prune stage wrote (``pruned.pt`` or the prune script's ``prune_*.pt``)."""
     if (folder / "pruned.pt").is_file():

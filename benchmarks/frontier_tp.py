@@ -101,6 +101,9 @@ def prune_to_flops(weights: str | Path, target: float, img: int, out: str | Path
     history = list(load_checkpoint(weights, verbose=False).get("history") or [])
     save_checkpoint(out, ckpt=make_checkpoint(pruned, history=history + [entry]))
     print(f"Torch-Pruning: pruning ratio {ratio:.4f} keeps {kept:.3f} of the FLOPs at {img} px; saved {out}")
+    if kept > target + 0.02:
+        print(f"WARNING: Torch-Pruning could not reach {target:g} of the FLOPs (equal BN scales are never "
+              f"ranked below each other: is {weights} sparsity-trained?)")
     return entry
 
 

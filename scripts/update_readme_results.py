@@ -221,7 +221,8 @@ def render_frontier(d: dict) -> list[str]:
     st = d.get("settings") or {}
     budget = st.get("budget") or {}
     rows = sorted(d["rows"], key=lambda r: (-(r.get("point") or 1.0), r.get("cpu_ratio") or 0.0))
-    body = [[r["label"], "-" if r.get("point") is None else f"{r['point']:g}", f_ratio(r.get("flops_ratio")),
+    body = [[r["label"], "-" if r.get("point") is None else f"{r['point']:g}",
+             f_ratio(r.get("flops_ratio")) + (" (off target)" if r.get("flops_off_target") else ""),
              _pm(r["mAP50-95"], r.get("mAP50-95_std")), _pm(r["mAP50"], r.get("mAP50_std")), f_ms(r.get("cpu_ms")),
              f_ratio(r.get("cpu_ratio")), f_ms(r.get("onnx_ms")), f_ratio(r.get("onnx_ratio")),
              str(len(r.get("per_seed") or []))] for r in rows]
@@ -241,6 +242,7 @@ def render_frontier(d: dict) -> list[str]:
                          f"{'plateau' if c.get('plateau') else 'not at a plateau'}")
     if d.get("curves"):
         lines.append("")
+    lines += [f"- {w}" for w in d.get("warnings") or []] + ([""] if d.get("warnings") else [])
     if Path(str(d.get("plot") or "")).name:
         lines += [f"Plot: `{short_path(d['plot'])}`.", ""]
     return lines

@@ -114,6 +114,7 @@ def test_runner_resumes_and_resolves_placeholders(tmp_path):
     meta = json.loads((tmp_path / "ft" / fs.DONE).read_text())
     assert meta["cmd"][-1] == "T.pt" and meta["wall_s"] >= 0
     assert fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05) == {}  # all done: nothing reruns
+    assert fs.stage_walls(stages, tmp_path) == pytest.approx(walls, abs=0.1)
     (tmp_path / "other" / fs.DONE).unlink()
     assert set(fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05)) == {"other"}
 

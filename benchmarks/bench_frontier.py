@@ -206,10 +206,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def collect_rows(stages: Sequence[fs.Stage], root: Path) -> list[dict]:
-    """One row per model (label and FLOPs point), its seeds' test mAPs, mean and spread."""
+    """One row per model (label and FLOPs point) with a finished test evaluation: its seeds' test
+    mAPs, mean and spread."""
     groups: dict[tuple, list[fs.Stage]] = {}
     for st in stages:
-        if st.row:
+        if st.row and (root / f"eval_{st.name}" / fs.DONE).is_file():
             groups.setdefault((st.row["label"], st.row.get("point")), []).append(st)
     rows = []
     for (label, point), sts in groups.items():
@@ -386,13 +387,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.plan:
         return 0
     t0 = time.perf_counter()
-    fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel)
+    run = fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel)
+    for name, err in run.failed.items():
+        print(f"FAILED {name}: {err.splitlines()[0]}")
+    if run.skipped:
+        print(f"left out because a stage they need failed: {', '.join(run.skipped)}")
     if opt.stages:
-        return 0
-    if not any(r.get("reference") for r in (st.row for st in stages)):
-        raise UserError("the yolov5s trained from scratch (the latency reference) is not planned")
+        return 1 if run.failed else 0
+    reference = [st for st in stages if st.row.get("reference")]
+    if not reference or not all(fs.is_done(root, st) for st in reference):
+        raise UserError("the yolov5s trained from scratch (the latency reference) did not finish: "
+                        "see its stage log under " + str(root))
     result = report(opt, s, stages, root)
-    result["wall_s"] = time.perf_counter() - t0
+    result.update(wall_s=time.perf_counter() - t0, failed_stages=run.failed, skipped_stages=run.skipped)
     json_path, png_path = output_paths(opt)
     print("\n" + result["table_markdown"] + "\n")
     for name, c in result["curves"].items():
@@ -403,7 +410,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  + (" (--quick: not a measurement)" if opt.quick else ""))
     result["plot"] = str(saved) if saved else None
     ac.write_report(json_path, result)
-    return 0
+    return 1 if run.failed else 0
 
 
 if __name__ == "__main__":

@@ -362,28 +362,48 @@ def finish(stage: Stage, cmd: list[str], root: Path, rc: int, t0: float) -> floa
     return wall
 
 
+@dataclass
+class RunResult:
+    """What ``run_stages`` did: wall seconds of the stages run now, the stages that failed (with
+    the end of their log) and those left out because a stage they need failed."""
+
+    walls: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
 def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], parallel: int = 1,
-               poll_s: float = 0.5) -> dict[str, float]:
+               poll_s: float = 0.5) -> RunResult:
     """Run the unfinished stages, at most ``parallel`` at a time, each once all it needs is done.
-    Returns the wall seconds of the stages run now. A failure stops new starts, waits for the
-    running ones and raises."""
+    A failed stage does not stop the others: what needs it is skipped, the rest runs on (an
+    unattended run of hours keeps every row it can)."""
     root.mkdir(parents=True, exist_ok=True)
     done = {st.name for st in stages if is_done(root, st)}
     todo = [st for st in stages if st.name not in done]
     if done:
         print(f"{len(done)} stage(s) already finished under {root}; {len(todo)} to run", flush=True)
     running: dict[str, tuple[Stage, list[str], subprocess.Popen, float]] = {}
-    walls: dict[str, float] = {}
-    error: Exception | None = None
-    while (todo and error is None) or running:
-        ready = [st for st in todo if all(n in done for n in st.needs)] if error is None else []
+    out = RunResult()
+    while todo or running:
+        lost = set(out.failed) | set(out.skipped)
+        for st in [st for st in todo if lost.intersection(st.needs)]:
+            todo.remove(st)
+            out.skipped.append(st.name)
+        ready = [st for st in todo if all(n in done for n in st.needs)]
         while ready and len(running) < max(parallel, 1):
             st = ready.pop(0)
             todo.remove(st)
-            cmd = resolve(st.cmd, root, teacher)
+            try:
+                cmd = resolve(st.cmd, root, teacher)
+            except (OSError, RuntimeError) as e:
+                out.failed[st.name] = f"stage {st.name} could not start: {e}"
+                print(out.failed[st.name], flush=True)
+                continue
             running[st.name] = (st, cmd, *start(st, cmd, root))
         if not running:
-            raise RuntimeError(f"stages {[st.name for st in todo]} wait for stages that are not planned")
+            if todo and not any(set(out.failed).intersection(st.needs) for st in todo):
+                raise RuntimeError(f"stages {[st.name for st in todo]} wait for stages that are not planned")
+            continue
         time.sleep(poll_s)
         for name, (st, cmd, proc, t0) in list(running.items()):
             rc = proc.poll()
@@ -391,10 +411,9 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
                 continue
             del running[name]
             try:
-                walls[name] = finish(st, cmd, root, rc, t0)
+                out.walls[name] = finish(st, cmd, root, rc, t0)
                 done.add(name)
             except RuntimeError as e:
-                error = error or e
-    if error is not None:
-        raise error
-    return walls
+                out.failed[name] = str(e)
+                print(f"FAILED: {e}", flush=True)
+    return out

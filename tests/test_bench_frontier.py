@@ -108,27 +108,36 @@ def test_runner_resumes_and_resolves_placeholders(tmp_path):
               fs.Stage("ft", "finetune", _py(write) + (str(tmp_path / "ft" / "args.txt"), "{pruned:prune}", "{teacher}"),
                        needs=("prune",)),
               fs.Stage("other", "train", _py(write) + (str(tmp_path / "other" / "x.txt"), "x"))]
-    walls = fs.run_stages(stages, tmp_path, lambda: "T.pt", parallel=2, poll_s=0.05)
+    walls = fs.run_stages(stages, tmp_path, lambda: "T.pt", parallel=2, poll_s=0.05).walls
     assert set(walls) == {"prune", "ft", "other"}
     assert (tmp_path / "ft" / "args.txt").read_text() == f"{tmp_path / 'prune' / 'prune_0.4_x.pt'} T.pt"
     meta = json.loads((tmp_path / "ft" / fs.DONE).read_text())
     assert meta["cmd"][-1] == "T.pt" and meta["wall_s"] >= 0
-    assert fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05) == {}  # all done: nothing reruns
+    assert fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05) == fs.RunResult()  # all done: nothing reruns
     assert fs.stage_walls(stages, tmp_path) == pytest.approx(walls, abs=0.1)
     (tmp_path / "other" / fs.DONE).unlink()
-    assert set(fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05)) == {"other"}
+    assert set(fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05).walls) == {"other"}
 
 
-def test_runner_failure_leaves_no_marker_and_stops(tmp_path):
+def test_runner_failure_skips_what_needs_it_and_keeps_going(tmp_path):
     stages = [fs.Stage("bad", "train", _py("import sys; print('boom'); sys.exit(3)")),
-              fs.Stage("after", "train", _py("pass"), needs=("bad",))]
-    with pytest.raises(RuntimeError, match="(?s)bad failed.*boom"):
-        fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)
+              fs.Stage("after", "train", _py("pass"), needs=("bad",)),
+              fs.Stage("later", "eval", _py("pass"), needs=("after",)),
+              fs.Stage("no_pruned", "finetune", _py("pass") + ("{pruned:bad}",)),
+              fs.Stage("fine", "train", _py("pass"))]
+    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)
+    assert set(run.failed) == {"bad", "no_pruned"} and "boom" in run.failed["bad"]
+    assert "no pruned checkpoint" in run.failed["no_pruned"]
+    assert run.skipped == ["after", "later"] and set(run.walls) == {"fine"}
     assert not (tmp_path / "bad" / fs.DONE).exists() and not (tmp_path / "after").exists()
     (tmp_path / "bad" / "stale.txt").write_text("half-written")
-    stages[0] = fs.Stage("bad", "train", _py("pass"))
-    fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)  # rerun: the stale folder is replaced
-    assert not (tmp_path / "bad" / "stale.txt").exists() and (tmp_path / "after" / fs.DONE).is_file()
+    stages[0] = fs.Stage("bad", "train", _py("import pathlib; pathlib.Path('{}').write_text('p')".format(
+        tmp_path / "bad" / "pruned.pt")))
+    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)  # rerun: the stale folder is replaced
+    assert not run.failed and set(run.walls) == {"bad", "after", "later", "no_pruned"}
+    assert not (tmp_path / "bad" / "stale.txt").exists() and (tmp_path / "later" / fs.DONE).is_file()
+    with pytest.raises(RuntimeError, match="not planned"):
+        fs.run_stages([fs.Stage("orphan", "train", _py("pass"), needs=("ghost",))], tmp_path, lambda: "")
 
 
 # ------------------------------------------------------------------------------------ Torch-Pruning
@@ -175,9 +184,13 @@ def _rows() -> list[dict]:
 def test_collect_rows_groups_seeds(tmp_path):
     stages = [fs.Stage(f"ft_s{seed}", "finetune", (), weights="weights/best.pt",
                        row={"method": "m", "label": "L", "seed": seed, "point": 0.5}) for seed in (0, 1)]
-    for seed, m in ((0, 0.4), (1, 0.5)):
+    for seed, m in ((0, 0.4), (1, 0.5), (2, 0.9)):
         (tmp_path / f"eval_ft_s{seed}").mkdir()
         (tmp_path / f"eval_ft_s{seed}" / "metrics.json").write_text(json.dumps({"mAP50": m + 0.3, "mAP50-95": m}))
+        if seed < 2:  # seed 2's evaluation did not finish: its row is left out
+            (tmp_path / f"eval_ft_s{seed}" / fs.DONE).write_text("{}")
+    stages.append(fs.Stage("ft_s2", "finetune", (), weights="weights/best.pt",
+                           row={"method": "m", "label": "L", "seed": 2, "point": 0.5}))
     (row,) = bf.collect_rows(stages, tmp_path)
     assert row["mAP50-95"] == pytest.approx(0.45) and row["mAP50-95_std"] == pytest.approx(0.0707, abs=1e-4)
     assert [p["seed"] for p in row["per_seed"]] == [0, 1] and row["weights"].endswith("ft_s0/weights/best.pt")
@@ -232,3 +245,13 @@ def test_quick_results_stay_out_of_benchmarks_results():
     assert full == ROOT / "benchmarks" / "results" / "frontier.json"
     with pytest.raises(SystemExit):
         bf.parse_args(["--seeds", "1", "1"])
+
+
+def test_models_that_miss_their_flops_point_are_flagged():
+    rows = _rows()
+    rows[1]["flops_ratio"] = 0.36  # width model at the 0.3 point: 0.06 too many FLOPs
+    warnings = bf.flops_warnings(rows)
+    assert len(warnings) == 1 and "yolov5s width 0.3" in warnings[0] and "0.360" in warnings[0]
+    assert [r["flops_off_target"] for r in rows] == [False, True, False, False]
+    assert bf.format_table(rows).count("(off target)") == 1
+    assert "(off target)" in "\n".join(urr.render_frontier({"rows": rows, "settings": {}, "warnings": warnings}))

@@ -255,3 +255,19 @@ def test_models_that_miss_their_flops_point_are_flagged():
     assert [r["flops_off_target"] for r in rows] == [False, True, False, False]
     assert bf.format_table(rows).count("(off target)") == 1
     assert "(off target)" in "\n".join(urr.render_frontier({"rows": rows, "settings": {}, "warnings": warnings}))
+
+
+def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
+    tp = pytest.importorskip("torch_pruning")  # noqa: F841
+    import frontier_tp
+    from models import build_model, load_model, save_checkpoint
+    from utils.prune.fake import fake_sparsity_
+    from utils.torch_utils import count_flops
+
+    model = fake_sparsity_(build_model(ROOT / "models" / "yolov5n.yaml", nc=5)).eval()
+    save_checkpoint(tmp_path / "sparse.pt", model, history=[{"step": "sparsity"}])
+    entry = frontier_tp.prune_to_flops(tmp_path / "sparse.pt", 0.5, 64, tmp_path / "pruned.pt")
+    pruned = load_model(tmp_path / "pruned.pt", verbose=False)
+    kept = count_flops(pruned, 64) / count_flops(model, 64)
+    assert 0.4 < kept <= 0.5 + 1e-3 and entry["figures"]["flops"]["ratio"] == pytest.approx(kept, abs=0.02)
+    assert pruned(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 10  # a working detector with the same head

@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -44,6 +44,7 @@ from bench_prune_latency import TP_VERSION, round_robin  # noqa: E402
 from models import build_model, load_checkpoint, load_model  # noqa: E402
 from utils.datasets import load_data_config  # noqa: E402
 from utils.errors import UserError, cli_main, nonneg_int, open_fraction, positive_float, positive_int  # noqa: E402
+from utils.general import check_img_size  # noqa: E402
 from utils.onnx_backend import require_onnxruntime  # noqa: E402
 from utils.torch_utils import count_flops, count_params  # noqa: E402
 
@@ -98,6 +99,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     opt = p.parse_args(argv)
     if len(set(opt.seeds)) != len(opt.seeds):
         p.error(f"--seeds {opt.seeds}: give distinct seeds")
+    if opt.quick and opt.json and Path(opt.json).resolve().is_relative_to(ac.RESULTS.resolve()):
+        p.error(f"--json {opt.json}: --quick runs never write into {ac.RESULTS}")
     return opt
 
 
@@ -108,7 +111,7 @@ def make_settings(opt: argparse.Namespace) -> fs.Settings:
                        finetune=opt.epochs_finetune or quick_budget.finetune)
     flops = tuple(opt.flops) if opt.flops else ((0.5,) if opt.quick else (0.7, 0.5, 0.3))
     return fs.settings_from_pipeline(
-        budget, img=opt.img or (64 if opt.quick else None), optimizer=opt.optimizer, flops=flops,
+        budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None), optimizer=opt.optimizer, flops=flops,
         strategies=tuple(opt.strategies), option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
         torch_pruning=not opt.no_torch_pruning and torch_pruning_available(),
         max_train_images=ac.QUICK_TRAIN_IMAGES // 2 if opt.quick else None)

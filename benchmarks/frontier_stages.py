@@ -37,8 +37,8 @@ OPTION_SETS: dict[str, tuple[str, ...]] = {
 }
 # prune flags that widen the set of prunable convs: the sparsity training must regularise them too
 SPARSITY_SHARED = ("--include-upsample", "--include-sppf")
-PRUNE_SCRIPTS = {"1": "prune_yolov5s.py", "2": "shortcut_prune_yolov5s.py", "3": "slim_prune_yolov5s.py",
-                 "8x": "slim_prune_yolov5s_8x.py"}
+# the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
+PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
 # pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get)
 PIPELINE_VARS = {"BATCH": "batch", "NBS": "nbs", "OPTIMIZER": "optimizer", "SCALE": "scale",
                  "LAYER_KEEP": "layer_keep", "HYP": "hyp", "FT_HYP": "ft_hyp", "IMG": "img", "DATA": "data"}

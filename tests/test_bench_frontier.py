@@ -245,6 +245,10 @@ def test_quick_results_stay_out_of_benchmarks_results():
     assert full == ROOT / "benchmarks" / "results" / "frontier.json"
     with pytest.raises(SystemExit):
         bf.parse_args(["--seeds", "1", "1"])
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--quick", "--json", str(ROOT / "benchmarks" / "results" / "frontier.json")])
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--strategies", "1"])  # strategies 3 and 8x only
 
 
 def test_models_that_miss_their_flops_point_are_flagged():
@@ -258,7 +262,7 @@ def test_models_that_miss_their_flops_point_are_flagged():
 
 
 def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
-    tp = pytest.importorskip("torch_pruning")  # noqa: F841
+    pytest.importorskip("torch_pruning")
     import frontier_tp
     from models import build_model, load_model, save_checkpoint
     from utils.prune.fake import fake_sparsity_

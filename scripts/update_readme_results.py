@@ -243,8 +243,8 @@ def render_frontier(d: dict) -> list[str]:
     if d.get("curves"):
         lines.append("")
     lines += [f"- {w}" for w in d.get("warnings") or []] + ([""] if d.get("warnings") else [])
-    if Path(str(d.get("plot") or "")).name:
-        lines += [f"Plot: `{short_path(d['plot'])}`.", ""]
+    if d.get("plot"):
+        lines += [f"![test mAP@.5:.95 against CPU latency]({short_path(d['plot'])})", ""]
     return lines
 
 

@@ -232,6 +232,7 @@ def test_table_plot_and_readme_section(tmp_path):
     body = urr.render_section(found)
     assert "### Accuracy against latency" in body and "ours 8x default, plain" in body and "0.510 ± 0.014" in body
     assert "9 epochs in all" in body and "Test CPU" in body
+    assert png is None or f"]({png})" in body
     (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
     assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README
 
@@ -275,3 +276,17 @@ def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
     kept = count_flops(pruned, 64) / count_flops(model, 64)
     assert 0.4 < kept <= 0.5 + 1e-3 and entry["figures"]["flops"]["ratio"] == pytest.approx(kept, abs=0.02)
     assert pruned(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 10  # a working detector with the same head
+
+
+def test_width_scaled_models_hit_their_flops_point(tmp_path, monkeypatch):
+    from models import build_model
+    from utils.torch_utils import count_flops
+
+    s = fs.Settings(budget=BUDGET, img=64, flops=(0.5,))
+    widths, costs = bf.prepare_widths(s, tmp_path)
+    full = count_flops(build_model(ROOT / s.cfg, nc=5).eval(), 64)
+    got = count_flops(build_model(widths[0.5], nc=5).eval(), 64) / full
+    assert abs(got - 0.5) < bf.FLOPS_TOLERANCE and Path(widths[0.5]).parent == tmp_path / "cfgs"
+    assert 0.15 < costs["n"] < costs["w0.5"] < costs["s"] == 1.0
+    monkeypatch.setattr(fs, "width_for_flops", lambda *a, **k: pytest.fail("the cached width was searched again"))
+    assert bf.prepare_widths(s, tmp_path)[0] == widths

@@ -94,6 +94,7 @@ class Stage:
     cost: float = 0.0               # per-epoch cost relative to a yolov5s epoch (time estimates)
     weights: str = ""               # the model the stage produces, relative to the stage folder
     row: dict = field(default_factory=dict)
+    exclusive: bool = False         # runs alone even with --parallel (it measures latency)
 
 
 # ------------------------------------------------------------------------------------ settings
@@ -197,7 +198,7 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
                     py, PRUNE_SCRIPTS[strategy], "--weights", str(root / sparse / "weights" / "last.pt"),
                     "--data", s.data, "--img_size", str(s.img), "--layer_keep", str(s.layer_keep),
                     "--target-flops", _fmt(point), *opts, "--no-eval", "--workers", "0",
-                    "--out-dir", str(root / prune)), needs=(sparse,)))
+                    "--out-dir", str(root / prune)), needs=(sparse,), exclusive="--cost-aware" in opts))
                 method = f"ours {strategy} {opt_name}"
                 for mode in ("plain", "distill"):
                     for seed in s.seeds:
@@ -390,8 +391,10 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
             todo.remove(st)
             out.skipped.append(st.name)
         ready = [st for st in todo if all(n in done for n in st.needs)]
-        while ready and len(running) < max(parallel, 1):
+        while ready and len(running) < max(parallel, 1) and not any(r[0].exclusive for r in running.values()):
             st = ready.pop(0)
+            if st.exclusive and running:
+                break  # let the running stages finish, then this one runs alone
             todo.remove(st)
             try:
                 cmd = resolve(st.cmd, root, teacher)

@@ -140,6 +140,23 @@ def test_runner_failure_skips_what_needs_it_and_keeps_going(tmp_path):
         fs.run_stages([fs.Stage("orphan", "train", _py("pass"), needs=("ghost",))], tmp_path, lambda: "")
 
 
+def test_exclusive_stages_run_alone_with_parallel(tmp_path):
+    log = tmp_path / "times.txt"
+    code = ("import sys, time; t = time.time(); time.sleep(0.4); "
+            f"open(r'{log}', 'a').write(f'{{sys.argv[1]}} {{t}} {{time.time()}}\\n')")
+    stages = [fs.Stage("a", "train", _py(code) + ("a",)), fs.Stage("x", "prune", _py(code) + ("x",), exclusive=True),
+              fs.Stage("b", "train", _py(code) + ("b",)), fs.Stage("c", "train", _py(code) + ("c",))]
+    assert not fs.run_stages(stages, tmp_path, lambda: "", parallel=2, poll_s=0.02).failed
+    spans = {n: (float(t0), float(t1)) for n, t0, t1 in (line.split() for line in log.read_text().splitlines())}
+    x0, x1 = spans.pop("x")
+    assert all(t1 <= x0 or t0 >= x1 for t0, t1 in spans.values())  # nothing overlaps the exclusive stage
+    (b0, b1), (c0, c1) = spans["b"], spans["c"]
+    assert b0 < c1 and c0 < b1  # the others do run two at a time
+    assert fs.Stage("p", "prune", (), exclusive=True).exclusive
+    by = {st.name: st for st in _plan(tmp_path / "plan")}
+    assert by["prune_3_latency_f0.3"].exclusive and not by["prune_3_default_f0.3"].exclusive
+
+
 # ------------------------------------------------------------------------------------ Torch-Pruning
 def test_torch_pruning_regulariser_adds_reg_sign_gamma_only():
     tp = pytest.importorskip("torch_pruning")

@@ -199,6 +199,18 @@ def curve(results_csv: Path) -> dict:
             "last_quarter_gain": gain, "plateau": len(m95) >= 4 and gain < PLATEAU_GAIN}
 
 
+def plateau_note(root: Path):
+    """``on_done`` for the runner: as soon as a yolov5s training finishes, say whether its val
+    mAP reached a plateau (so a too short budget shows hours before the report)."""
+    def note(stage: fs.Stage) -> None:
+        if stage.name == "base" or stage.name.startswith("scratch_s_"):
+            c = curve(root / stage.name / "results.csv")
+            if c and not c["plateau"]:
+                print(f"WARNING: {stage.name}: val mAP@.5:.95 is NOT at a plateau (gain in the last quarter of "
+                      f"the epochs {c['last_quarter_gain']:+.4f} >= {PLATEAU_GAIN}): raise --epochs-base", flush=True)
+    return note
+
+
 def test_metrics(root: Path, stage: fs.Stage) -> dict:
     d = json.loads((root / f"eval_{stage.name}" / "metrics.json").read_text())
     return {"mAP50": float(d["mAP50"]), "mAP50-95": float(d["mAP50-95"])}
@@ -390,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.plan:
         return 0
     t0 = time.perf_counter()
-    run = fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel)
+    run = fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel, on_done=plateau_note(root))
     for name, err in run.failed.items():
         print(f"FAILED {name}: {err.splitlines()[0]}")
     if run.skipped:

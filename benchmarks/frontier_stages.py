@@ -374,10 +374,10 @@ class RunResult:
 
 
 def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], parallel: int = 1,
-               poll_s: float = 0.5) -> RunResult:
-    """Run the unfinished stages, at most ``parallel`` at a time, each once all it needs is done.
-    A failed stage does not stop the others: what needs it is skipped, the rest runs on (an
-    unattended run of hours keeps every row it can)."""
+               poll_s: float = 0.5, on_done: Callable[[Stage], None] | None = None) -> RunResult:
+    """Run the unfinished stages, at most ``parallel`` at a time, each once all it needs is done;
+    ``on_done(stage)`` after each that finishes. A failed stage does not stop the others: what
+    needs it is skipped, the rest runs on (an unattended run of hours keeps every row it can)."""
     root.mkdir(parents=True, exist_ok=True)
     done = {st.name for st in stages if is_done(root, st)}
     todo = [st for st in stages if st.name not in done]
@@ -416,6 +416,8 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
             try:
                 out.walls[name] = finish(st, cmd, root, rc, t0)
                 done.add(name)
+                if on_done is not None:
+                    on_done(st)
             except RuntimeError as e:
                 out.failed[name] = str(e)
                 print(f"FAILED: {e}", flush=True)

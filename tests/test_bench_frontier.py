@@ -133,8 +133,10 @@ def test_runner_failure_skips_what_needs_it_and_keeps_going(tmp_path):
     (tmp_path / "bad" / "stale.txt").write_text("half-written")
     stages[0] = fs.Stage("bad", "train", _py("import pathlib; pathlib.Path('{}').write_text('p')".format(
         tmp_path / "bad" / "pruned.pt")))
-    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)  # rerun: the stale folder is replaced
-    assert not run.failed and set(run.walls) == {"bad", "after", "later", "no_pruned"}
+    finished = []
+    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05, on_done=lambda st: finished.append(st.name))
+    assert not run.failed and set(run.walls) == {"bad", "after", "later", "no_pruned"}  # the stale folder is replaced
+    assert sorted(finished) == sorted(run.walls)
     assert not (tmp_path / "bad" / "stale.txt").exists() and (tmp_path / "later" / fs.DONE).is_file()
     with pytest.raises(RuntimeError, match="not planned"):
         fs.run_stages([fs.Stage("orphan", "train", _py("pass"), needs=("ghost",))], tmp_path, lambda: "")
@@ -220,7 +222,7 @@ def test_paired_ratios_cancel_load_changes():
     assert out[1]["ms"] == pytest.approx(500.0)
 
 
-def test_curve_detects_a_plateau(tmp_path):
+def test_curve_detects_a_plateau(tmp_path, capsys):
     f = tmp_path / "results.csv"
     head = "epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95\n"
     f.write_text(head + "".join(f"{i},{0.5},{v}\n" for i, v in enumerate([0.1, 0.3, 0.4, 0.45, 0.452, 0.451, 0.45, 0.453])))
@@ -229,6 +231,11 @@ def test_curve_detects_a_plateau(tmp_path):
     f.write_text(head + "".join(f"{i},{0.5},{0.1 * i}\n" for i in range(8)))
     assert not bf.curve(f)["plateau"]
     assert bf.curve(tmp_path / "none.csv") == {}
+    (tmp_path / "base").mkdir()
+    f.rename(tmp_path / "base" / "results.csv")
+    bf.plateau_note(tmp_path)(fs.Stage("base", "train", ()))
+    bf.plateau_note(tmp_path)(fs.Stage("ft_x", "finetune", ()))  # not a yolov5s training: no note
+    assert capsys.readouterr().out.count("NOT at a plateau") == 1
 
 
 def test_table_plot_and_readme_section(tmp_path):

@@ -173,11 +173,11 @@ def val_fitness(weights: Path) -> float:
     return 0.1 * float(m.get("mAP50", 0.0)) + 0.9 * float(m.get("mAP50-95", 0.0))
 
 
-def teacher_picker(root: Path, s: fs.Settings):
+def teacher_picker(root: Path, s: fs.Settings, plan: Sequence[fs.Stage]):
     """``{teacher}``: the unpruned yolov5s (pretrained baseline or scratch) with the best val fitness."""
     def pick() -> str:
-        names = ["base", *[f"scratch_s_s{seed}" for seed in s.seeds]]
-        cands = [root / n / "weights" / "best.pt" for n in names if (root / n / fs.DONE).is_file()]
+        names = {"base", *[f"scratch_s_s{seed}" for seed in s.seeds]}
+        cands = [root / n / "weights" / "best.pt" for n in sorted(names & fs.done_stages(plan, root))]
         if not cands:
             raise RuntimeError("no finished unpruned yolov5s to distil from")
         return str(max(cands, key=val_fitness))
@@ -224,8 +224,9 @@ def collect_rows(stages: Sequence[fs.Stage], root: Path) -> list[dict]:
     """One row per model (label and FLOPs point) with a finished test evaluation: its seeds' test
     mAPs, mean and spread."""
     groups: dict[tuple, list[fs.Stage]] = {}
+    done = fs.done_stages(stages, root)
     for st in stages:
-        if st.row and (root / f"eval_{st.name}" / fs.DONE).is_file():
+        if st.row and f"eval_{st.name}" in done:
             groups.setdefault((st.row["label"], st.row.get("point")), []).append(st)
     rows = []
     for (label, point), sts in groups.items():
@@ -348,8 +349,9 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
 
 
 def print_plan(stages: Sequence[fs.Stage], root: Path, epoch_s: float) -> None:
+    done = fs.done_stages(stages, root)
     for st in stages:
-        state = "done" if fs.is_done(root, st) else "todo"
+        state = "done" if st.name in done else "todo"
         epochs = f"{st.epochs} ep x {st.cost:.2f}" if st.epochs else ""
         print(f"  {state}  {st.kind:9s} {st.name:40s} {epochs}")
     units = sum(st.epochs * st.cost for st in stages)
@@ -378,7 +380,7 @@ def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], 
     curves = {name: curve(root / name / "results.csv") for name in ("base", *[f"scratch_s_s{x}" for x in s.seeds])}
     return {"benchmark": "frontier", "quick": bool(opt.quick), "date": ac.now(), "machine": ac.machine_info(),
             "settings": {**asdict(s), "total_epochs": s.budget.total}, "root": str(root),
-            "teacher": teacher_picker(root, s)() if any("distill" in r["method"] for r in rows) else None,
+            "teacher": teacher_picker(root, s, stages)() if any("distill" in r["method"] for r in rows) else None,
             "torch_pruning": TP_VERSION if s.torch_pruning else None, "curves": curves, "rows": rows,
             "stage_wall_s": walls, "table_markdown": table, "warnings": warnings,
             "baseline_epoch_s": walls["base"] / s.budget.base if "base" in walls else None}
@@ -402,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.plan:
         return 0
     t0 = time.perf_counter()
-    run = fs.run_stages(stages, root, teacher_picker(root, s), opt.parallel, on_done=plateau_note(root))
+    run = fs.run_stages(stages, root, teacher_picker(root, s, stages), opt.parallel, on_done=plateau_note(root))
     for name, err in run.failed.items():
         print(f"FAILED {name}: {err.splitlines()[0]}")
     if run.skipped:
@@ -410,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.stages:
         return 1 if run.failed else 0
     reference = [st for st in stages if st.row.get("reference")]
-    if not reference or not all(fs.is_done(root, st) for st in reference):
+    if not reference or not {st.name for st in reference} <= fs.done_stages(stages, root):
         raise UserError("the yolov5s trained from scratch (the latency reference) did not finish: "
                         "see its stage log under " + str(root))
     result = report(opt, s, stages, root)

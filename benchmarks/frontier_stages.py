@@ -2,15 +2,17 @@
 
 A stage is one command of the project's CLIs (``train.py``, ``train_sparsity.py``, the prune scripts,
 ``prune_finetune.py``, ``val.py``, ``benchmarks/frontier_tp.py``) that writes ``<root>/<stage>/``;
-when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command, wall time, date).
-A stage with that marker is skipped, a stage folder without it (a crash) is deleted and rerun, so
-re-running the benchmark continues where it stopped. Commands may hold two placeholders resolved
+when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command, wall time, date
+and a fingerprint of the command and of everything upstream of it). A stage whose marker has the
+planned fingerprint is skipped; any other stage folder (a crash, or a run with other settings)
+is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold two placeholders resolved
 when the stage starts: ``{teacher}`` (the unpruned yolov5s checkpoint with the best val mAP) and
 ``{pruned:<stage>}`` (the checkpoint a prune stage wrote).
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import re
@@ -293,17 +295,39 @@ def estimate_seconds(stages: Sequence[Stage], epoch_s: float, other_s: dict[str,
 
 
 # ------------------------------------------------------------------------------------ running
-def is_done(root: Path, stage: Stage) -> bool:
-    return (root / stage.name / DONE).is_file()
+def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
+    """Per stage a hash of its command (without the interpreter) and of the fingerprints of the
+    stages it needs: a changed setting changes the stage and everything downstream of it."""
+    out: dict[str, str] = {}
+    for st in stages:  # plan order: every need comes first
+        text = json.dumps([list(st.cmd[1:]), [out.get(n, n) for n in st.needs]])
+        out[st.name] = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return out
+
+
+def _marker(root: Path, name: str) -> dict | None:
+    path = root / name / DONE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None  # a marker cut short: the stage counts as unfinished
+
+
+def done_stages(stages: Sequence[Stage], root: Path) -> set[str]:
+    """The stages finished with the planned command and inputs (their marker's fingerprint
+    matches); a stage run with other settings, or after its inputs changed, is not done."""
+    fps = fingerprints(stages)
+    return {st.name for st in stages if (_marker(root, st.name) or {}).get("fingerprint") == fps[st.name]}
+
+
+def is_done(root: Path, stage: Stage, stages: Sequence[Stage] | None = None) -> bool:
+    """Whether ``stage`` (within the plan ``stages``, default: itself alone) is done."""
+    return stage.name in done_stages(list(stages) if stages is not None else [stage], root)
 
 
 def stage_walls(stages: Sequence[Stage], root: Path) -> dict[str, float]:
     """Wall seconds of every finished stage, from the done-markers (earlier invocations included)."""
-    out = {}
-    for st in stages:
-        if is_done(root, st):
-            out[st.name] = float(json.loads((root / st.name / DONE).read_text())["wall_s"])
-    return out
+    return {name: float(_marker(root, name)["wall_s"]) for name in sorted(done_stages(stages, root))}
 
 
 def find_pruned(folder: Path) -> Path:
@@ -349,7 +373,7 @@ def start(stage: Stage, cmd: list[str], root: Path) -> tuple[subprocess.Popen, f
     return proc, time.perf_counter()
 
 
-def finish(stage: Stage, cmd: list[str], root: Path, rc: int, t0: float) -> float:
+def finish(stage: Stage, cmd: list[str], root: Path, rc: int, t0: float, fingerprint: str) -> float:
     """Write the done-marker of a stage that exited 0, or raise with the end of its log."""
     wall = time.perf_counter() - t0
     log = root / f"{stage.name}.log"
@@ -357,7 +381,8 @@ def finish(stage: Stage, cmd: list[str], root: Path, rc: int, t0: float) -> floa
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"stage {stage.name} failed (exit {rc} after {wall:.0f} s): {' '.join(cmd)}\n"
                            f"--- end of {log} ---\n{tail}")
-    meta = {"cmd": cmd, "wall_s": round(wall, 1), "date": _dt.datetime.now().isoformat(timespec="seconds")}
+    meta = {"cmd": cmd, "wall_s": round(wall, 1), "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "fingerprint": fingerprint}
     (root / stage.name / DONE).write_text(json.dumps(meta, indent=2))
     print(f"    [{stage.name}] done in {wall:.0f} s", flush=True)
     return wall
@@ -379,7 +404,8 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
     ``on_done(stage)`` after each that finishes. A failed stage does not stop the others: what
     needs it is skipped, the rest runs on (an unattended run of hours keeps every row it can)."""
     root.mkdir(parents=True, exist_ok=True)
-    done = {st.name for st in stages if is_done(root, st)}
+    fps = fingerprints(stages)
+    done = done_stages(stages, root)
     todo = [st for st in stages if st.name not in done]
     if done:
         print(f"{len(done)} stage(s) already finished under {root}; {len(todo)} to run", flush=True)
@@ -414,7 +440,7 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
                 continue
             del running[name]
             try:
-                out.walls[name] = finish(st, cmd, root, rc, t0)
+                out.walls[name] = finish(st, cmd, root, rc, t0, fps[name])
                 done.add(name)
                 if on_done is not None:
                     on_done(st)

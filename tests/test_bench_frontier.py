@@ -201,18 +201,34 @@ def _rows() -> list[dict]:
 
 
 def test_collect_rows_groups_seeds(tmp_path):
-    stages = [fs.Stage(f"ft_s{seed}", "finetune", (), weights="weights/best.pt",
-                       row={"method": "m", "label": "L", "seed": seed, "point": 0.5}) for seed in (0, 1)]
+    stages = [fs.Stage(f"ft_s{seed}", "finetune", ("py", str(seed)), weights="weights/best.pt",
+                       row={"method": "m", "label": "L", "seed": seed, "point": 0.5}) for seed in (0, 1, 2)]
+    stages += [fs.Stage(f"eval_ft_s{seed}", "eval", ("py", "val", str(seed)), needs=(f"ft_s{seed}",)) for seed in (0, 1, 2)]
+    fps = fs.fingerprints(stages)
     for seed, m in ((0, 0.4), (1, 0.5), (2, 0.9)):
         (tmp_path / f"eval_ft_s{seed}").mkdir()
         (tmp_path / f"eval_ft_s{seed}" / "metrics.json").write_text(json.dumps({"mAP50": m + 0.3, "mAP50-95": m}))
-        if seed < 2:  # seed 2's evaluation did not finish: its row is left out
-            (tmp_path / f"eval_ft_s{seed}" / fs.DONE).write_text("{}")
-    stages.append(fs.Stage("ft_s2", "finetune", (), weights="weights/best.pt",
-                           row={"method": "m", "label": "L", "seed": 2, "point": 0.5}))
+        # seed 2's evaluation ran with other settings (its fingerprint differs): its row is left out
+        fp = fps[f"eval_ft_s{seed}"] if seed < 2 else "stale"
+        (tmp_path / f"eval_ft_s{seed}" / fs.DONE).write_text(json.dumps({"fingerprint": fp, "wall_s": 1.0}))
     (row,) = bf.collect_rows(stages, tmp_path)
     assert row["mAP50-95"] == pytest.approx(0.45) and row["mAP50-95_std"] == pytest.approx(0.0707, abs=1e-4)
     assert [p["seed"] for p in row["per_seed"]] == [0, 1] and row["weights"].endswith("ft_s0/weights/best.pt")
+
+
+def test_changed_settings_rerun_the_stage_and_everything_downstream(tmp_path):
+    def plan(base_epochs: str) -> list:
+        return [fs.Stage("base", "train", _py("pass") + (base_epochs,)),
+                fs.Stage("sparse", "sparsity", _py("pass"), needs=("base",)),
+                fs.Stage("prune", "prune", _py("pass"), needs=("sparse",)),
+                fs.Stage("scratch", "train", _py("pass") + ("34",))]
+    assert set(fs.run_stages(plan("24"), tmp_path, lambda: "", poll_s=0.02).walls) == {"base", "sparse", "prune", "scratch"}
+    assert fs.done_stages(plan("24"), tmp_path) == {"base", "sparse", "prune", "scratch"}
+    assert fs.done_stages(plan("30"), tmp_path) == {"scratch"}
+    assert set(fs.run_stages(plan("30"), tmp_path, lambda: "", poll_s=0.02).walls) == {"base", "sparse", "prune"}
+    assert fs.fingerprints(plan("30"))["scratch"] == fs.fingerprints(plan("24"))["scratch"]
+    (tmp_path / "prune" / fs.DONE).write_text("{not json")  # a marker cut short counts as unfinished
+    assert fs.done_stages(plan("30"), tmp_path) == {"base", "sparse", "scratch"}
 
 
 def test_paired_ratios_cancel_load_changes():

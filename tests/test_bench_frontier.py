@@ -13,7 +13,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_frontier as bf  # noqa: E402
 import frontier_stages as fs  # noqa: E402
+import frontier_tp  # noqa: E402
 import update_readme_results as urr  # noqa: E402
+from models import build_model, load_model, save_checkpoint  # noqa: E402
+from utils.prune.fake import fake_sparsity_  # noqa: E402
+from utils.torch_utils import count_flops  # noqa: E402
 
 BUDGET = fs.Budget(base=4, sparse=2, finetune=3)
 
@@ -162,9 +166,6 @@ def test_exclusive_stages_run_alone_with_parallel(tmp_path):
 # ------------------------------------------------------------------------------------ Torch-Pruning
 def test_torch_pruning_regulariser_adds_reg_sign_gamma_only():
     tp = pytest.importorskip("torch_pruning")
-    import frontier_tp
-    from models import build_model
-
     model = build_model(ROOT / "models" / "yolov5n.yaml", nc=5).train()
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in bns:
@@ -304,11 +305,6 @@ def test_models_that_miss_their_flops_point_are_flagged():
 
 def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
     pytest.importorskip("torch_pruning")
-    import frontier_tp
-    from models import build_model, load_model, save_checkpoint
-    from utils.prune.fake import fake_sparsity_
-    from utils.torch_utils import count_flops
-
     model = fake_sparsity_(build_model(ROOT / "models" / "yolov5n.yaml", nc=5)).eval()
     save_checkpoint(tmp_path / "sparse.pt", model, history=[{"step": "sparsity"}])
     entry = frontier_tp.prune_to_flops(tmp_path / "sparse.pt", 0.5, 64, tmp_path / "pruned.pt")
@@ -319,9 +315,6 @@ def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
 
 
 def test_width_scaled_models_hit_their_flops_point(tmp_path, monkeypatch):
-    from models import build_model
-    from utils.torch_utils import count_flops
-
     s = fs.Settings(budget=BUDGET, img=64, flops=(0.5,))
     widths, costs = bf.prepare_widths(s, tmp_path)
     full = count_flops(build_model(ROOT / s.cfg, nc=5).eval(), 64)

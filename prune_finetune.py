@@ -14,73 +14,62 @@ import argparse
 import sys
 from pathlib import Path
 
-from utils.engine import Trainer, add_train_args, run_training
+from models import load_model
+from utils.distill import Distiller, check_teacher
+from utils.engine import TrainConfig, Trainer, TrainError, add_config_args, config_from_args, run_training
+from utils.errors import cli_main
+
+GROUPS = ("train", "finetune")
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_train_args(p)
-    p.add_argument("--distill", action="store_true", help="distil from the unpruned teacher")
-    p.add_argument("--t_weights", "--t_weight", "--t-weights", dest="t_weights", default="",
-                   help="teacher weights (default: the unpruned source recorded in --weights)")
-    p.add_argument("--t_cfg", "--t-cfg", dest="t_cfg", default="",
-                   help="teacher cfg/yaml; must agree with --t_weights (classes/anchors from the file)")
-    p.add_argument("--distill-mode", type=int, default=2, choices=[1, 2],
-                   help="2: soft obj/cls targets + teacher-bounded box loss; 1: Hinton soft targets")
-    p.add_argument("--temperature", type=float, default=3.0, help="distillation temperature T")
-    p.add_argument("--distill-soft-weight", type=float, default=1e-4, help="mode 2 soft-target weight")
-    p.add_argument("--distill-box-weight", type=float, default=1e-3, help="mode 2 bounded box weight")
-    p.add_argument("--distill-kd1-weight", type=float, default=1e-3, help="mode 1 weight")
-    p.add_argument("--distill-margin", type=float, default=0.0, help="bounded box margin m")
-    p.add_argument("--distill-compat", action="store_true",
-                   help="the original formulas: softmax over [obj, cls] and YOLOv3 box decode")
-    opt = p.parse_args(argv)
-    if not opt.weights and not opt.resume:
+    add_config_args(p, GROUPS)
+    ns = p.parse_args(argv)
+    if not ns.weights and not ns.resume:
         p.error("--weights: give the pruned checkpoint to finetune")
-    opt.keep_anchors = True  # anchors were trained with the model; never re-evolved here
-    opt.keep_names = True
-    return opt
+    # anchors were trained with the model (never re-evolved here); the checkpoint defines the classes
+    return config_from_args(ns, keep_anchors=True, keep_names=True)
+
+
+PRUNE_STEPS = ("prune", "layer_prune")  # history steps that remove channels or blocks
 
 
 def _teacher_path(trainer: Trainer) -> str:
-    opt = trainer.opt
-    if opt.t_weights:
-        return opt.t_weights
-    for entry in reversed(trainer.history):
-        if entry.get("step") == "prune" and entry.get("parent"):
+    c = trainer.config
+    if c.t_weights:
+        return c.t_weights
+    for entry in trainer.history:  # the model before the first pruning step: the unpruned one
+        if entry.get("step") in PRUNE_STEPS and entry.get("parent"):
             return entry["parent"]
-    raise ValueError("--distill: no teacher given and none recorded in the pruned checkpoint's "
+    raise TrainError("--distill: no teacher given and none recorded in the pruned checkpoint's "
                      "history; pass --t_weights (the unpruned checkpoint)")
 
 
 def configure(trainer: Trainer) -> None:
-    from models import load_model
-    from utils.distill import Distiller, check_teacher
-
-    opt = trainer.opt
-    if not any(e.get("step") == "prune" for e in trainer.history):
-        print(f"WARNING: {opt.weights} records no pruning step; finetuning it as it is")
-    trainer.history_extra["distill"] = bool(opt.distill)
-    if not opt.distill:
+    """Register the distillation hook (``--distill``) with the engine."""
+    c = trainer.config
+    if not any(e.get("step") in PRUNE_STEPS for e in trainer.history):
+        print(f"WARNING: {c.weights} records no pruning step; finetuning it as it is")
+    trainer.history_extra["distill"] = bool(c.distill)
+    if not c.distill:
         return
     t_path = _teacher_path(trainer)
     if not Path(t_path).is_file():
-        raise FileNotFoundError(f"--t_weights {t_path}: teacher checkpoint not found")
-    teacher = load_model(t_path, device=trainer.device, cfg=opt.t_cfg or None, verbose=trainer.main)
+        raise TrainError(f"--t_weights {t_path}: teacher checkpoint not found; pass the unpruned checkpoint")
+    teacher = load_model(t_path, device=trainer.device, cfg=c.t_cfg or None, verbose=trainer.main)
     check_teacher(trainer.model, teacher, t_path)
-    distiller = Distiller(teacher, opt.distill_mode, opt.temperature, opt.distill_soft_weight,
-                          opt.distill_box_weight, opt.distill_kd1_weight, opt.distill_margin,
-                          opt.distill_compat)
-    trainer.loss_terms.append(distiller)
-    trainer.history_extra.update({"teacher": t_path, "distill_mode": opt.distill_mode,
-                                  "temperature": opt.temperature})
-    print(f"Distilling from {t_path} (mode {opt.distill_mode}, T={opt.temperature})")
+    trainer.register(Distiller(teacher, c.distill_mode, c.temperature, c.distill_soft_weight,
+                               c.distill_box_weight, c.distill_kd1_weight, c.distill_margin, c.distill_compat))
+    trainer.history_extra.update({"teacher": t_path, "distill_mode": c.distill_mode,
+                                  "temperature": c.temperature})
+    print(f"Distilling from {t_path} (mode {c.distill_mode}, T={c.temperature})")
 
 
+@cli_main
 def main(argv=None) -> int:
-    opt = parse_args(argv)
-    run_training(opt, step="finetune", configure=configure)
+    run_training(parse_args(argv), step="finetune", configure=configure)
     return 0
 
 

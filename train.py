@@ -11,19 +11,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.engine import add_train_args, run_training
+from utils.engine import TrainConfig, add_config_args, config_from_args, run_training
+from utils.errors import cli_main
+
+GROUPS = ("train",)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_train_args(p)
-    return p.parse_args(argv)
+    add_config_args(p, GROUPS)
+    return config_from_args(p.parse_args(argv))
 
 
+@cli_main
 def main(argv=None) -> int:
-    opt = parse_args(argv)
-    run_training(opt, step="train")
+    run_training(parse_args(argv), step="train")
     return 0
 
 

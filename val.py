@@ -13,26 +13,35 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
+
+from models import load_model
+from utils.dataconfig import load_data_config
+from utils.errors import cli_main, fraction, nonneg_int, positive_int
+from utils.evaluate import EvalResult, evaluate_dataset
+from utils.general import increment_path, set_cpu_threads
+from utils.sources import weights_file
+from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", type=str, required=True, help="checkpoint (ours or upstream YOLOv5 .pt)")
     p.add_argument("--cfg", type=str, default=None,
                    help="model .cfg/.yaml; only for bare state dicts or to check the checkpoint's network")
     p.add_argument("--data", type=str, default=None, help="dataset .yaml or .data (default: built-in)")
-    p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=int, default=640,
-                   help="inference size (pixels, long side)")
-    p.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=16)
-    p.add_argument("--conf-thres", type=float, default=0.001, help="confidence threshold")
-    p.add_argument("--iou-thres", type=float, default=0.6, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=300, help="maximum detections per image")
+    p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=positive_int, default=640,
+                   help="inference size (pixels, long side; rounded up to the model stride)")
+    p.add_argument("--batch-size", "--batch", dest="batch_size", type=positive_int, default=16)
+    p.add_argument("--conf-thres", type=fraction, default=0.001, help="confidence threshold, in [0, 1]")
+    p.add_argument("--iou-thres", type=fraction, default=0.6, help="NMS IoU threshold, in [0, 1]")
+    p.add_argument("--max-det", type=positive_int, default=300, help="maximum detections per image")
     p.add_argument("--task", choices=["val", "test", "train"], default="val", help="which split")
     p.add_argument("--device", default="", help="cuda device, e.g. 0, or cpu")
-    p.add_argument("--workers", type=int, default=0, help="dataloader worker processes")
+    p.add_argument("--workers", type=nonneg_int, default=0, help="dataloader worker processes")
     p.add_argument("--project", default=str(ROOT / "runs" / "val"), help="save to project/name")
     p.add_argument("--name", default="exp", help="save to project/name")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing")
@@ -46,20 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(opt: argparse.Namespace):
+def run(opt: argparse.Namespace) -> tuple[EvalResult, Path]:
     """Evaluate as ``opt`` says; returns (EvalResult, run folder)."""
-    from models import load_model
-    from utils.datasets import load_data_config
-    from utils.evaluate import evaluate_dataset
-    from utils.general import increment_path
-    from utils.torch_utils import select_device
-
+    weights = weights_file(opt.weights)
     if opt.coco_ann and not Path(opt.coco_ann).is_file():
         raise FileNotFoundError(f"--coco-ann {opt.coco_ann}: file not found")
     device = select_device(opt.device)
     if opt.half and device.type != "cuda":
         print("WARNING: --half needs CUDA; evaluating in fp32")
-    model = load_model(opt.weights, device, cfg=opt.cfg)
+    model = load_model(weights, device, cfg=opt.cfg)
     data = load_data_config(opt.data)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     t0 = time.perf_counter()
@@ -76,15 +80,11 @@ def run(opt: argparse.Namespace):
     return result, save_dir
 
 
-def main(argv=None) -> int:
+@cli_main
+def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
-    from utils.general import set_cpu_threads
     set_cpu_threads(opt.workers)
-    try:
-        run(opt)
-    except (ValueError, FileNotFoundError) as e:  # bad flags, files or data: say which, no traceback
-        print(f"val.py: error: {e}", file=sys.stderr)
-        return 2
+    run(opt)
     return 0
 
 

@@ -33,7 +33,7 @@ DEFAULT_RUN = "runs/pipeline/default"
 QUICK_EPOCHS = 1          # --quick: every training runs this many epochs ...
 QUICK_TRAIN_IMAGES = 32   # ... on at most this many training images
 
-# checkpoint ``opt`` key -> flag of the training scripts (utils/engine.add_train_args), values
+# checkpoint ``opt`` key -> flag of the training scripts (generated from utils/engine.TrainConfig), values
 TRAIN_FLAGS = {"img": "--img", "batch_size": "--batch", "nbs": "--nbs", "optimizer": "--optimizer",
                "epochs": "--epochs", "seed": "--seed", "data": "--data", "hyp": "--hyp",
                "max_train_images": "--max-train-images", "label_smoothing": "--label-smoothing",
@@ -281,7 +281,7 @@ def evaluate_weights(weights: str | Path, data: str | None, img: int, batch_size
     """mAP@.5 and mAP@.5:.95 of a checkpoint on the validation split (the pipeline report's way:
     the project's evaluator, rectangular batches, conf 0.001, IoU 0.6)."""
     from models import load_model
-    from utils.datasets import load_data_config
+    from utils.dataconfig import load_data_config
     from utils.evaluate import evaluate_dataset
 
     model = load_model(weights, device="cpu", verbose=False)

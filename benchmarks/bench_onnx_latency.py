@@ -42,7 +42,7 @@ def _session(path: Path, threads: int):
 
 def _prepare(weights: str, sizes: list[int], tmp: Path, opset: int) -> dict:
     """Exported files per size plus parameter and FLOP counts for one checkpoint."""
-    from export import export_onnx
+    from utils.export import export_onnx
     from models import load_model
     from utils.onnx_backend import OnnxModel, is_onnx
     from utils.torch_utils import count_flops, count_params

@@ -66,14 +66,6 @@ def source_model(weights: str | None, cfg: str, nc: int):
     return fake_sparsity_(build_model(cfg, nc=nc)).eval()
 
 
-def fused_copy(model):
-    """A BN-fused copy of a Darknet (the source stays untouched)."""
-    from utils.prune.surgery import model_from_state
-
-    anchors = [m.anchors for m in model.yolo_layers]
-    return model_from_state(model.to_cfg(), model.state_dict(), anchors=anchors).fuse().eval()
-
-
 def masks_model(model, graph, masks):
     """The compact model for arbitrary masks, built as the pipeline builds it (absorb, cut)."""
     from utils.prune.absorb import absorb
@@ -294,7 +286,7 @@ def measure(original, variants: list[dict], img_size: int, rounds: int, warmup: 
     from utils.prune import analyse
     from utils.torch_utils import count_flops, count_params
 
-    models = [fused_copy(original)] + [fused_copy(v["model"]) for v in variants]
+    models = [original.fused_copy()] + [v["model"].fused_copy() for v in variants]
     times = round_robin(models, img_size, rounds, warmup)
     base = times[0]
     p0, f0 = count_params(original), count_flops(original, img_size)
@@ -407,7 +399,7 @@ def bench_size(model, graph, img_size: int, opt, strategy_rows: list[dict], tp, 
     from utils.prune.cost import latency_weights, profile_layers
 
     t0 = time.perf_counter()
-    profile = profile_layers(fused_copy(model), img_size, runs=opt.profile_runs)
+    profile = profile_layers(model.fused_copy(), img_size, runs=opt.profile_runs)
     weights = latency_weights(graph, profile, img_size)
     variants = strategy_rows + target_variants(model, graph, opt.target_flops, img_size, weights, tp, tp_cache)
     t1 = time.perf_counter()

@@ -60,7 +60,7 @@ def targets(base: dict, sr: dict, plain: dict) -> dict[str, bool]:
 def measure(weights: Path, layers: list[int], data: str | None, img: int) -> dict:
     """Gamma statistics over ``layers`` and mAP of one checkpoint."""
     from models import load_model
-    from utils.sparsity import bn_gammas, gamma_stats
+    from utils.prune.sparsity import bn_gammas, gamma_stats
 
     model = load_model(weights, device="cpu", verbose=False)
     return {"weights": str(weights), **gamma_stats(bn_gammas(model, layers)),

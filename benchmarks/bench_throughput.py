@@ -126,17 +126,18 @@ def timed_loader_factory(original, log: list):
 
 
 def role_ours_train(opt: argparse.Namespace) -> dict:
-    """train.py main() with its training loader timed (the engine imports create_dataloader at run time)."""
+    """train.py main() with its training loader timed (the engine's create_dataloader wrapped)."""
     sys.path.insert(0, str(ROOT))
-    import utils.datasets as datasets
+    import utils.engine as engine
     import train as train_cli
 
     log: list = []
-    datasets.create_dataloader = timed_loader_factory(datasets.create_dataloader, log)
+    engine.create_dataloader = timed_loader_factory(engine.create_dataloader, log)
     train_cli.main(["--img", str(opt.img), "--batch", str(opt.batch), "--epochs", str(opt.epochs),
                     "--data", opt.data, "--cfg", str(ROOT / "models" / "yolov5n.yaml"), "--weights", "",
                     "--workers", str(opt.workers), "--device", "cpu", "--seed", "0",
-                    "--project", opt.project, "--name", opt.name, "--exist-ok"])
+                    "--project", opt.project, "--name", opt.name, "--exist-ok",
+                    "--channels-last"])  # the NHWC training the measured numbers were taken with
     return {"threads": _threads(), **steady_rate(log, opt.skip)}
 
 
@@ -256,7 +257,7 @@ def _write_yaml(path: Path, nc: int, names: list[str], train: str, val: str) -> 
 def prepare_data(work: Path, train_images: int, val_images: int) -> dict[str, dict[str, str]]:
     """One private copy per side of the training subset and of the reference validation set."""
     sys.path.insert(0, str(ROOT))
-    from utils.datasets import list_image_files, load_data_config
+    from utils.dataconfig import list_image_files, load_data_config
 
     builtin = load_data_config(None)  # generates the built-in dataset on first use
     train_files = [Path(f) for f in list_image_files(builtin.train)][:train_images]

@@ -15,7 +15,7 @@ A checkpoint is a plain dict readable with ``torch.load(f, weights_only=True)``:
 ``optimizer``   optimizer state dict or None
 ``hyp``         hyperparameters dict
 ``opt``         the options the step ran with (plain values)
-``history``     list of ``{"step": "train" | "sparsity" | "prune" | "finetune" | "import", ...}``
+``history``     list of ``{"step": "train" | "sparsity" | "prune" | "layer_prune" | "finetune" | "import", ...}``
 ``date``        ISO time of writing
 ``checksum``    ``"sha256:<hex>"`` of the ``model`` and ``ema`` tensors (written by :func:`atomic_save`)
 =============== ===================================================================================

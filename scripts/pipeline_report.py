@@ -27,8 +27,6 @@ STAGES = [("baseline", "base"), ("sparse", "sparse"), ("pruned", "pruned"),
 
 def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -> tuple[dict, object]:
     """Accuracy, size and FLOPs of one checkpoint; returns the figures and the fused model."""
-    import copy
-
     from models import load_model
     from utils.evaluate import evaluate_dataset
     from utils.torch_utils import count_flops, count_params
@@ -41,7 +39,7 @@ def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -
         "params": count_params(model), "flops": count_flops(model, img),
         "size_mb": weights.stat().st_size / 1e6, "cpu_ms": None, "gpu_ms": None,
     }
-    return out, copy.deepcopy(model).fuse().eval()
+    return out, model.fused_copy()
 
 
 def interleaved_latency(models: list, img: int, device: str, rounds: int, warmup: int = 3) -> list[float]:
@@ -150,7 +148,7 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     import torch
 
-    from utils.datasets import load_data_config
+    from utils.dataconfig import load_data_config
     opt = parse_args(argv)
     run = Path(opt.run)
     data_cfg = load_data_config(opt.data)

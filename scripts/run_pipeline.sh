@@ -7,10 +7,11 @@
 #
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
-# FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS NAME DEVICE WORKERS
+# FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
 # PYTHON QUICK HYP (step 1) FT_HYP (steps 2 and 4). TARGET_FLOPS (the fraction of the FLOPs to
 # keep) takes precedence over PERCENT;
-# set TARGET_FLOPS= (empty) to prune by PERCENT.
+# set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
+# N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
 #
 # The defaults are chosen for a 2-core CPU: yolov5n at 160 px, AdamW (it converges from scratch
 # several times faster than SGD on this data), gradient accumulation to 16 images (--nbs 16: more
@@ -37,6 +38,10 @@ NBS=${NBS:-16}
 OPTIMIZER=${OPTIMIZER:-AdamW}
 PERCENT=${PERCENT:-0.5}
 TARGET_FLOPS=${TARGET_FLOPS-0.45}
+LAYERS=${LAYERS:-0}
+case "$LAYERS" in
+  ''|*[!0-9]*) echo "LAYERS=$LAYERS: give the number of residual blocks to remove (0: none)" >&2; exit 2 ;;
+esac
 if [ "$QUICK" = 1 ]; then
   IMG=${IMG:-128}; EPOCHS=${EPOCHS:-2}; SP_EPOCHS=${SP_EPOCHS:-1}; FT_EPOCHS=${FT_EPOCHS:-1}
   NTRAIN=${NTRAIN:-64}
@@ -91,19 +96,20 @@ case "$STRATEGY" in
   *) echo "STRATEGY=$STRATEGY: use 1, 2, 3 or 8x" >&2; exit 2 ;;
 esac
 if [ -n "$TARGET_FLOPS" ]; then PRUNE+=(--target-flops "$TARGET_FLOPS"); else PRUNE+=("$FLAG" "$PERCENT"); fi
+[ "$LAYERS" -gt 0 ] && PRUNE+=(--layers "$LAYERS")
 step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG" --out-dir "$OUT/pruned"
 PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 
-# 4. finetune: plain and distilled from the sparse (unpruned) model
+# 4. finetune: plain, and distilled from the baseline (the strongest unpruned model of the run)
 step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
   --weights "$PRUNED" --name finetune
 step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
   --weights "$PRUNED" \
-  --name finetune_distill --distill --t_weights "$SPARSE"
+  --name finetune_distill --distill --t_weights "$BASE"
 FINAL=$OUT/finetune_distill/weights/best.pt
 
 # 5. detection with the final model
-SOURCE=$($PY -c "from utils.datasets import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
+SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
 step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" --line-thickness 1 \
   --project "$OUT" --name detect --exist-ok
 

@@ -5,7 +5,7 @@
     python scripts/update_readme_results.py --print   # print the generated section only
 
 Every known result file is optional (pipeline, sparsity, distill, compression, prune_latency,
-prune_time, throughput, onnx_latency): the section shows what exists, each part stating the machine
+prune_time, throughput, onnx_latency, frontier): the section shows what exists, each part stating the machine
 and the date it was measured on. Only figures stored in the files are shown; files that say they
 come from a ``--quick`` smoke run are left out (``--allow-quick`` shows them, marked as such).
 """
@@ -212,6 +212,42 @@ def render_prune_time(d: dict) -> list[str]:
                   rows), ""]
 
 
+def _pm(mean: Any, std: Any) -> str:
+    return f_map(mean) + ("" if std is None else f" ± {float(std):.3f}")
+
+
+def render_frontier(d: dict) -> list[str]:
+    """benchmarks/bench_frontier.py: test mAP against measured latency, one row per model."""
+    st = d.get("settings") or {}
+    budget = st.get("budget") or {}
+    rows = sorted(d["rows"], key=lambda r: (-(r.get("point") or 1.0), r.get("cpu_ratio") or 0.0))
+    body = [[r["label"], "-" if r.get("point") is None else f"{r['point']:g}",
+             f_ratio(r.get("flops_ratio")) + (" (off target)" if r.get("flops_off_target") else ""),
+             _pm(r["mAP50-95"], r.get("mAP50-95_std")), _pm(r["mAP50"], r.get("mAP50_std")), f_ms(r.get("cpu_ms")),
+             f_ratio(r.get("cpu_ratio")), f_ms(r.get("onnx_ms")), f_ratio(r.get("onnx_ratio")),
+             str(len(r.get("per_seed") or []))] for r in rows]
+    seeds = ", ".join(map(str, st.get("seeds") or []))
+    lines = [f"Every model trained {epochs(st.get('total_epochs'))} in all ({budget.get('base')} baseline + "
+             f"{budget.get('sparse')} sparsity + {budget.get('finetune')} finetune for pruned models; from scratch "
+             f"otherwise) on `{short_path(st.get('data'))}` at {st.get('img')} px with {st.get('optimizer')}, "
+             f"seed(s) {seeds}; mAP on the held-out test split (mean ± standard deviation over seeds); latency at "
+             f"batch 1, BN fused, 1 thread, timed round-robin, ratios to yolov5s trained from scratch paired per "
+             f"round. Protocol: `benchmarks/README.md`.", ""]
+    lines += [table(["model", "FLOPs point", "FLOPs ratio", "test mAP@.5:.95", "test mAP@.5", "CPU ms",
+                     "CPU ratio", "ONNX ms", "ONNX ratio", "seeds"], body), ""]
+    for name, c in (d.get("curves") or {}).items():
+        if c:
+            lines.append(f"- `{name}`: val mAP@.5:.95 best at epoch {c.get('best_epoch')} of {len(c.get('mAP50-95') or [])}, "
+                         f"gain in the last quarter {f_delta(c.get('last_quarter_gain'))}: "
+                         f"{'plateau' if c.get('plateau') else 'not at a plateau'}")
+    if d.get("curves"):
+        lines.append("")
+    lines += [f"- {w}" for w in d.get("warnings") or []] + ([""] if d.get("warnings") else [])
+    if d.get("plot"):
+        lines += [f"![test mAP@.5:.95 against CPU latency]({short_path(d['plot'])})", ""]
+    return lines
+
+
 def render_stored_table(key: str) -> Callable[[dict], list[str]]:
     """Files that store their own markdown table under ``key`` (or ``table``)."""
     def render(d: dict) -> list[str]:
@@ -232,6 +268,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "prune_time": ("Prune step time and memory", render_prune_time),
     "throughput": ("Training and evaluation throughput", render_stored_table("table_markdown")),
     "onnx_latency": ("ONNX Runtime CPU latency", render_stored_table("table")),
+    "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
 }
 
 

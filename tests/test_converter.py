@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from utils.datasets import YoloDataset, load_data_config
+from utils.dataconfig import load_data_config
+from utils.datasets import YoloDataset
 
 ROOT = Path(__file__).resolve().parents[1]
 sio = pytest.importorskip("scipy.io")

@@ -435,15 +435,11 @@ def test_builtin_descriptions_agree():
 
 
 # ----------------------------------------------------------------------------- package layout
-def test_old_names_still_importable_from_datasets():
-    """Modules that imported from utils.datasets before the split get the same objects from the new homes."""
-    from utils import dataconfig, hyp, labels
-    homes = {"DataConfig": dataconfig, "DatasetError": dataconfig, "load_data_config": dataconfig,
-             "list_image_files": dataconfig, "IMG_FORMATS": dataconfig, "load_hyp": hyp, "DEFAULT_HYP": hyp,
-             "img2label_paths": labels, "verify_image": labels, "parse_label_text": labels}
-    for name, home in homes.items():
-        assert getattr(D, name) is getattr(home, name), name
-        assert name in D.__all__
+def test_each_data_concept_has_one_home():
+    """utils.datasets holds the dataset, samplers and loader only; descriptions, hyp and labels live apart."""
+    assert set(D.__all__) == {"YoloDataset", "create_dataloader", "EpochSampler", "SeededDistributedSampler"}
+    for name in ("load_data_config", "load_hyp", "parse_label_text", "DataConfig"):
+        assert name not in D.__all__
 
 
 def test_dataset_error_is_one_user_sentence(tmp_path):

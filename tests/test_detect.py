@@ -1,7 +1,12 @@
-"""prune_detect.py and its helpers: sources, labels, outputs, .pt/.onnx parity, bad input."""
+"""prune_detect.py and utils.detect: sources, labels, outputs, .pt/.onnx parity, unreadable files,
+bad input and its one-sentence error path."""
 from __future__ import annotations
 
+import dataclasses
+import errno
 import importlib.util
+import os
+import re
 from pathlib import Path
 
 import cv2
@@ -9,9 +14,15 @@ import numpy as np
 import pytest
 import torch
 
+import export
 import prune_detect
-from models import CheckpointError, build_model, save_checkpoint
-from utils.sources import SourceError, iter_frames, parse_img_size, resolve_sources
+from models import build_model, save_checkpoint
+from utils.detect import DetectOptions, DetectResult, detect, label_lines
+from utils.errors import UserError
+from utils.general import check_img_size
+from utils.sources import ReadProblem, SourceError, image_problem, iter_frames, resolve_sources
+from utils.timing import StageTimer
+
 
 NAMES = ["circle", "cross", "square"]
 IMG = "64"
@@ -71,11 +82,28 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _run(workdir: Path, tmp_path: Path, *extra: str, weights: Path | None = None,
-         source: str | None = None) -> prune_detect.DetectResult:
+         source: str | None = None) -> DetectResult:
     argv = ["--weights", str(weights or workdir / "weights" / "tiny.pt"), "--img", IMG,
             "--source", source or str(workdir / "src"), "--project", str(tmp_path), "--name", "exp",
             *extra]
-    return prune_detect.detect(prune_detect.parse_args(argv))
+    return detect(prune_detect.options(prune_detect.parse_args(argv)), "cpu")
+
+
+def _main(workdir: Path, tmp_path: Path, *extra: str, weights: Path | None = None,
+          source: str | None = None) -> int:
+    return prune_detect.main(["--weights", str(weights or workdir / "weights" / "tiny.pt"), "--img", IMG,
+                              "--source", source or str(workdir / "src"), "--project", str(tmp_path),
+                              "--device", "cpu", *extra])
+
+
+def _one_error_line(err: str, *fragments: str) -> str:
+    """The script's stderr is exactly one 'prune_detect.py: error: ...' line naming ``fragments``."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith(("prune_detect.py: error: ", "export.py: error: "))
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
 
 
 def _read_labels(path: Path) -> np.ndarray:
@@ -189,7 +217,6 @@ def test_max_det_and_conf_bound_the_detections(workdir, tmp_path):
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
 def test_onnx_gives_the_same_boxes_as_pt(workdir, tmp_path, capsys):
-    import export
     onnx_path = tmp_path / "tiny.onnx"
     assert export.main(["--weights", str(workdir / "weights" / "tiny.pt"), "--img", IMG,
                         "--output", str(onnx_path)]) == 0
@@ -207,7 +234,6 @@ def test_onnx_gives_the_same_boxes_as_pt(workdir, tmp_path, capsys):
 
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
 def test_onnx_static_size_overrides_img(workdir, tmp_path, capsys):
-    import export
     onnx_path = tmp_path / "fixed.onnx"
     export.main(["--weights", str(workdir / "weights" / "tiny.pt"), "--img", "64", "96",
                  "--output", str(onnx_path)])
@@ -218,15 +244,14 @@ def test_onnx_static_size_overrides_img(workdir, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ bad input
-def test_missing_weights_is_named(workdir, tmp_path):
-    missing = tmp_path / "nope.pt"
-    with pytest.raises(CheckpointError, match="nope.pt"):
-        _run(workdir, tmp_path, weights=missing)
-    with pytest.raises(CheckpointError, match="nope.onnx"):
-        _run(workdir, tmp_path, weights=tmp_path / "nope.onnx")
+def test_missing_weights_is_one_sentence(workdir, tmp_path, capsys):
+    for missing in (tmp_path / "nope.pt", tmp_path / "nope.onnx"):
+        assert _main(workdir, tmp_path, weights=missing) == 2
+        _one_error_line(capsys.readouterr().err, "--weights", missing.name, "not found")
+    assert not (tmp_path / "exp").exists()  # nothing started
 
 
-def test_missing_or_empty_source_is_named(workdir, tmp_path):
+def test_missing_or_empty_source_is_named(workdir, tmp_path, capsys):
     with pytest.raises(SourceError, match="no_such_dir"):
         _run(workdir, tmp_path, source=str(tmp_path / "no_such_dir"))
     empty = tmp_path / "empty"
@@ -235,25 +260,159 @@ def test_missing_or_empty_source_is_named(workdir, tmp_path):
         _run(workdir, tmp_path, source=str(empty))
     with pytest.raises(SourceError, match="matches no"):
         _run(workdir, tmp_path, source=str(tmp_path / "*.jpg"))
+    assert issubclass(SourceError, UserError) and issubclass(SourceError, FileNotFoundError)
+    assert _main(workdir, tmp_path, source=str(tmp_path / "no_such_dir")) == 2
+    _one_error_line(capsys.readouterr().err, "--source", "no_such_dir")
 
 
-def test_bad_flags_exit_with_usage():
-    with pytest.raises(SystemExit):
-        prune_detect.parse_args(["--img", "64", "64", "64"])
-    with pytest.raises(SystemExit):
-        prune_detect.parse_args(["--conf", "1.5"])
+def test_bad_flags_exit_with_usage(capsys):
+    for argv in (["--img", "64", "64", "64"], ["--conf", "1.5"], ["--iou", "-0.1"], ["--max-det", "0"],
+                 ["--img", "0"]):
+        with pytest.raises(SystemExit) as e:
+            prune_detect.parse_args(argv)
+        assert e.value.code == 2
+        assert argv[0] in capsys.readouterr().err
+
+
+@pytest.fixture
+def unwritable(tmp_path, monkeypatch) -> Path:
+    """A folder nothing can be created in: read-only by its mode, or (as root, who ignores modes)
+    by refusing mkdir inside it the way a read-only file system does."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if Path(path).parent == folder:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    yield folder
+    folder.chmod(0o755)
+
+
+def test_read_only_output_folder_is_one_sentence(workdir, unwritable, capsys):
+    assert _main(workdir, unwritable, source=str(workdir / "src" / "b.png")) == 2
+    _one_error_line(capsys.readouterr().err, "permission denied", str(unwritable))
+
+
+def test_ctrl_c_exits_130(workdir, tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prune_detect, "detect", interrupted)
+    assert _main(workdir, tmp_path) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_device_without_cuda_is_one_sentence(workdir, tmp_path, capsys):
+    assert _main(workdir, tmp_path, "--device", "cuda:0") == 2
+    _one_error_line(capsys.readouterr().err, "--device", "cpu")
+
+
+# ------------------------------------------------------------------------------ unreadable sources
+def _unreadable_folder(workdir: Path, root: Path) -> Path:
+    """A good image, an empty .jpg, a JPEG cut in half and a text file named .png."""
+    folder = root / "mixed"
+    folder.mkdir()
+    good = cv2.imread(str(workdir / "src" / "b.png"))
+    cv2.imwrite(str(folder / "good.png"), good)
+    (folder / "empty.jpg").write_bytes(b"")
+    ok, jpeg = cv2.imencode(".jpg", good)
+    assert ok
+    (folder / "truncated.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
+    (folder / "text.png").write_text("this is not an image\n")
+    return folder
+
+
+def test_unreadable_images_are_skipped_with_one_warning_each(workdir, tmp_path, capfd):
+    folder = _unreadable_folder(workdir, tmp_path)
+    assert _main(workdir, tmp_path / "runs", "--save-txt", source=str(folder)) == 0
+    out, err = capfd.readouterr()  # file descriptors: libjpeg would print to fd 2 if it decoded
+    run = tmp_path / "runs" / "exp"
+    assert sorted(p.name for p in run.iterdir() if p.is_file()) == ["good.png"]
+    assert sorted(p.name for p in (run / "labels").iterdir()) == ["good.txt"]
+    warnings = [line for line in (out + err).splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 3, warnings
+    for name, reason in (("empty.jpg", "empty"), ("truncated.jpg", "truncated JPEG"),
+                         ("text.png", "cannot be decoded")):
+        (line,) = [w for w in warnings if name in w]
+        assert reason in line and line.endswith("skipped")
+    assert "3 of 4 source files skipped" in out
+    assert "Traceback" not in err and "Premature end of JPEG" not in err and "Corrupt JPEG" not in err
+
+
+def test_nothing_readable_is_one_sentence(workdir, tmp_path, capsys):
+    folder = _unreadable_folder(workdir, tmp_path)
+    (folder / "good.png").unlink()
+    assert _main(workdir, tmp_path / "runs", source=str(folder)) == 2
+    err = capsys.readouterr().err
+    line = [l for l in err.splitlines() if not l.startswith("WARNING")]
+    assert len(line) == 1 and "none of its 3 files could be read" in line[0] and str(folder) in line[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "exp").exists()  # no empty run folder left behind
+    assert _main(workdir, tmp_path / "runs", source=str(folder / "empty.jpg")) == 2
+    _one_error_line(capsys.readouterr().err.split("\n", 1)[1], "--source", "empty.jpg", "the file is empty")
+
+
+def test_truncated_video_ends_with_a_warning(workdir, tmp_path, capsys):
+    data = (workdir / "src" / "v.avi").read_bytes()
+    movi = data.find(b"movi")  # AVI: header, then one '00dc' chunk per MJPEG frame
+    frame_chunks = [m.start() for m in re.finditer(b"00dc", data) if m.start() > movi]
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: frame_chunks[3] + 20])  # the 4th frame is cut off, the index is gone
+    res = _run(workdir, tmp_path, "--nosave", source=str(cut))
+    assert 0 < res.frames < 5
+    (problem,) = res.problems
+    assert problem.path == cut and not problem.whole_file and res.skipped == []
+    assert f"frame {res.frames + 1} of 5 cannot be decoded" in capsys.readouterr().err
+
+
+def test_image_problem_signatures(tmp_path):
+    img = np.full((16, 16, 3), 90, np.uint8)
+    for ext in (".jpg", ".png"):
+        ok, data = cv2.imencode(ext, img)
+        whole = tmp_path / f"whole{ext}"
+        whole.write_bytes(data.tobytes())
+        assert image_problem(whole) is None
+        padded = tmp_path / f"padded{ext}"
+        padded.write_bytes(data.tobytes() + b"\x00" * 16)  # zero padding some writers add
+        assert image_problem(padded) is None
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(data.tobytes()[:-3])
+        assert "truncated" in image_problem(cut)
+    (tmp_path / "empty.png").write_bytes(b"")
+    assert image_problem(tmp_path / "empty.png") == "the file is empty"
+    (tmp_path / "other.bmp").write_bytes(b"BM not checked here")
+    assert image_problem(tmp_path / "other.bmp") is None  # left to the decoder
+
+
+def test_iter_frames_reports_or_raises(workdir, tmp_path):
+    folder = _unreadable_folder(workdir, tmp_path)
+    files = resolve_sources(folder)
+    problems: list[ReadProblem] = []
+    frames = list(iter_frames(files, problems.append))
+    assert [f.path.name for f in frames] == ["good.png"]
+    assert sorted(p.path.name for p in problems) == ["empty.jpg", "text.png", "truncated.jpg"]
+    assert all(p.whole_file for p in problems)
+    with pytest.raises(SourceError, match="empty.jpg"):  # without a handler: the first one raises
+        list(iter_frames(files))
 
 
 # ------------------------------------------------------------------------------------ helpers
 def test_label_lines_round_trip():
     det = np.array([[10.0, 20.0, 30.0, 60.0, 0.9, 2.0]])
-    (line,) = prune_detect.label_lines(det, (80, 40), save_conf=True)
+    (line,) = label_lines(det, (80, 40), save_conf=True)
     cls, cx, cy, w, h, conf = (float(v) for v in line.split())
     assert cls == 2 and line.startswith("2 ")
     assert (cx * 40, cy * 80, w * 40, h * 80) == pytest.approx((20, 40, 20, 40))
     assert conf == pytest.approx(0.9)
-    assert len(prune_detect.label_lines(det, (80, 40), save_conf=False)[0].split()) == 5
-    assert prune_detect.label_lines(det[:0], (80, 40), True) == []
+    assert len(label_lines(det, (80, 40), save_conf=False)[0].split()) == 5
+    assert label_lines(det[:0], (80, 40), True) == []
 
 
 def test_resolve_sources_and_frames(workdir, tmp_path):
@@ -273,8 +432,61 @@ def test_resolve_sources_and_frames(workdir, tmp_path):
         resolve_sources(odd)
 
 
-def test_parse_img_size_rounds_up_to_stride():
-    assert parse_img_size([640], 32) == (640, 640)
-    assert parse_img_size([100, 60], 32) == (128, 64)
-    with pytest.raises(ValueError, match="--img"):
-        parse_img_size([0], 32)
+def test_img_size_rounds_up_to_stride():
+    assert check_img_size([640], 32) == (640, 640)
+    assert check_img_size([100, 60], 32) == (128, 64)
+    with pytest.raises(UserError, match="--img"):
+        check_img_size([0], 32)
+
+
+def test_stage_timer_charges_each_stage_its_own_time():
+    timer = StageTimer("cpu", ("pre-process", "inference", "NMS"))
+    assert timer.device is None  # nothing to synchronise on the CPU
+    for _ in range(2):
+        timer.start()
+        busy = sum(range(20000))  # noqa: F841 - some work for the first stage
+        first = timer.lap("pre-process")
+        second = timer.lap("inference")
+        assert first > 0 and second >= 0
+    assert list(timer.total) == ["pre-process", "inference", "NMS"] and timer.total["NMS"] == 0.0
+    ms = timer.per_item_ms(2)
+    assert ms["pre-process"] == pytest.approx(timer.total["pre-process"] / 2 * 1e3)
+    assert timer.per_item_ms(0)["inference"] == pytest.approx(timer.total["inference"] * 1e3)
+
+
+def test_library_defaults_are_the_flag_defaults():
+    parsed = dataclasses.asdict(prune_detect.options(prune_detect.parse_args([])))
+    default = dataclasses.asdict(DetectOptions())
+    parsed["img"], default["img"] = list(parsed["img"]), list(default["img"])
+    assert parsed == default
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
+def test_damaged_onnx_is_one_sentence(workdir, tmp_path, capsys):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    assert _main(workdir, tmp_path, weights=bad) == 2
+    _one_error_line(capsys.readouterr().err, "bad.onnx", "onnxruntime cannot load")
+
+
+def test_no_function_level_imports_of_project_modules():
+    """The detection/export/evaluation files import project modules at the top only (optional
+    dependencies such as onnx, onnxruntime, tqdm or pycocotools may be imported where used)."""
+    import ast
+    root = Path(__file__).resolve().parents[1]
+    files = ["export.py", "prune_detect.py", "val.py"] + [f"utils/{m}.py" for m in (
+        "detect", "export", "timing", "onnx_backend", "sources", "annotate", "evaluate", "metrics", "boxes",
+        "plots")]
+    project = {p.stem for p in root.glob("*.py")} | {"models", "utils", "data"}
+    for name in files:
+        tree = ast.parse((root / name).read_text())
+        for fn in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.ImportFrom):
+                    modules = [node.module or ""] if node.level == 0 else ["utils"]
+                elif isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                else:
+                    continue
+                assert not any(m.split(".")[0] in project for m in modules), \
+                    f"{name}:{node.lineno} imports {modules} inside {fn.name}()"

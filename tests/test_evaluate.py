@@ -1,6 +1,7 @@
 """The evaluator end to end: exact scores for exact predictions, the model left untouched, the
 files it writes, and upstream's numbers on the reference checkpoint."""
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from utils.datasets import create_dataloader, load_data_config
+from utils.dataconfig import load_data_config
+from utils.datasets import create_dataloader
 from utils.evaluate import EvalResult, evaluate, evaluate_dataset
 
 FLAT_KEYS = {"P", "R", "mAP50", "mAP50-95", "per_class", "speed"}
@@ -233,4 +235,104 @@ def test_val_py_reproduces_upstream_on_reference_checkpoint(refdata, tmp_path):
 def test_val_py_reports_bad_input(tmp_path, capsys):
     import val
     assert val.main(["--weights", str(tmp_path / "missing.pt"), "--project", str(tmp_path)]) == 2
-    assert "missing.pt" in capsys.readouterr().err
+    _one_error_line(capsys.readouterr().err, "--weights", "missing.pt")
+    assert not list(tmp_path.iterdir())  # no run folder for a run that never started
+
+
+# ------------------------------------------------------------------------ val.py's error path
+def _one_error_line(err: str, *fragments: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("val.py: error: ") and "Traceback" not in err, err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def val_inputs(tmp_path):
+    """(checkpoint of a 2-class yolov5n, data yaml of 6 labelled images)."""
+    from models import build_model, save_checkpoint
+    data = _make_dataset(tmp_path / "data")
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    save_checkpoint(weights, build_model("models/yolov5n.yaml", nc=2))
+    return weights, data
+
+
+def test_val_py_runs_and_rounds_img_to_the_stride(val_inputs, tmp_path, caplog):
+    import val
+    weights, data = val_inputs
+    assert val.main(["--weights", str(weights), "--data", str(data), "--img", "60", "--batch", "4",
+                     "--device", "cpu", "--project", str(tmp_path / "runs"), "--no-plots"]) == 0
+    d = json.loads((tmp_path / "runs" / "exp" / "metrics.json").read_text())
+    assert FLAT_KEYS <= set(d) and d["images"] == 6 and set(d["speed"]) == {"pre", "inference", "nms"}
+    assert "is not a multiple of the model stride 32; using 64x64" in caplog.text  # check_img_size's rule
+
+
+@pytest.mark.parametrize("flag,value", [("--batch", "0"), ("--workers", "-1"), ("--conf-thres", "1.5"),
+                                        ("--iou-thres", "-0.1"), ("--max-det", "0"), ("--img", "0")])
+def test_val_py_refuses_out_of_range_flags(flag, value, capsys):
+    import val
+    with pytest.raises(SystemExit) as e:
+        val.main(["--weights", "w.pt", flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert flag in err and "Traceback" not in err
+
+
+def test_val_py_reports_mismatched_data_in_one_sentence(val_inputs, tmp_path, capsys):
+    import val
+    from models import build_model, save_checkpoint
+    _, data = val_inputs
+    three = tmp_path / "three.pt"
+    save_checkpoint(three, build_model("models/yolov5n.yaml", nc=3))
+    assert val.main(["--weights", str(three), "--data", str(data), "--img", "64", "--device", "cpu",
+                     "--project", str(tmp_path / "runs")]) == 2
+    _one_error_line(capsys.readouterr().err, "3 classes", "data.yaml")
+    assert val.main(["--weights", str(three), "--data", str(data), "--coco-ann", str(tmp_path / "no.json"),
+                     "--project", str(tmp_path / "runs")]) == 2
+    _one_error_line(capsys.readouterr().err, "--coco-ann", "no.json")
+
+
+def test_val_py_read_only_project_and_ctrl_c(val_inputs, tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    import val
+    weights, data = val_inputs
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):  # root ignores modes: refuse mkdir as a read-only file system does
+        real_mkdir = os.mkdir
+
+        def mkdir(path, *args, **kwargs):
+            if Path(path).parent == folder:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return real_mkdir(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "mkdir", mkdir)
+    argv = ["--weights", str(weights), "--data", str(data), "--img", "64", "--device", "cpu"]
+    try:
+        rc = val.main([*argv, "--project", str(folder)])
+    finally:
+        folder.chmod(0o755)
+    assert rc == 2
+    _one_error_line(capsys.readouterr().err, "permission denied", str(folder))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(val, "evaluate_dataset", interrupted)
+    assert val.main([*argv, "--project", str(tmp_path / "runs")]) == 130
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_val_py_cuda_device_without_cuda_is_one_sentence(val_inputs, tmp_path, capsys):
+    import val
+    weights, data = val_inputs
+    assert val.main(["--weights", str(weights), "--data", str(data), "--device", "cuda:0",
+                     "--project", str(tmp_path / "runs")]) == 2
+    _one_error_line(capsys.readouterr().err, "--device", "cpu")
+    assert not (tmp_path / "runs").exists()

@@ -94,7 +94,7 @@ def test_distiller_mode1_zero_for_same_model():
     d = Distiller(model, mode=1)
     imgs = torch.rand(2, 3, 64, 64)
     _, raw = model(imgs)
-    loss, items = d.loss(raw, imgs, _targets(), None)
+    loss, items = d.distill_loss(raw, imgs, _targets(), None)
     assert abs(float(loss)) < 1e-6
 
 
@@ -111,16 +111,50 @@ def test_finetune_one_epoch(pruned, tiny_data, tmp_path, distill):
     steps = [e["step"] for e in ck["history"]]
     assert steps[-2:] == ["prune", "finetune"]
     assert ck["history"][-1]["distill"] is distill
+    header = (tmp_path / "ft" / "results.csv").read_text().splitlines()[0].split(",")
     if distill:
         assert ck["history"][-1]["teacher"] == str(sparse)
+        assert {"train/soft", "train/dbox", "train/rratio"} <= set(header)  # the distillation terms
+    else:
+        assert not any(h in header for h in ("train/soft", "train/dbox"))
     assert ck["cfg"] == load_checkpoint(child)["cfg"]  # compact architecture kept as it is
 
 
-def test_finetune_refuses_a_teacher_with_other_classes(pruned, tiny_data, tmp_path):
+def test_finetune_refuses_a_teacher_with_other_classes(pruned, tiny_data, tmp_path, capsys):
     import prune_finetune
     _, child = pruned
     other = save_checkpoint(tmp_path / "other.pt", build_model("models/yolov5n.yaml", nc=2))
-    with pytest.raises(ValueError, match="classes"):
-        prune_finetune.main(["--weights", str(child), "--data", str(tiny_data), "--img", "64",
-                             "--batch", "8", "--epochs", "1", "--workers", "0", "--project",
-                             str(tmp_path), "--distill", "--t_weight", str(other)])
+    assert prune_finetune.main(["--weights", str(child), "--data", str(tiny_data), "--img", "64",
+                                "--batch", "8", "--epochs", "1", "--workers", "0", "--project",
+                                str(tmp_path), "--distill", "--t_weight", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "classes" in err and str(other) in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="classes"):  # the library error stays a ValueError
+        check_teacher(build_model("models/yolov5n.yaml", nc=5), build_model("models/yolov5n.yaml", nc=2), "t")
+
+
+def test_finetune_cfg_must_describe_the_pruned_network(pruned, tiny_data, tmp_path):
+    """The pruned .cfg written beside the weights is accepted (history kept); the unpruned one is refused."""
+    import prune_finetune
+    from utils.engine import Trainer, TrainError
+    _, child = pruned
+    base = ["--weights", str(child), "--data", str(tiny_data), "--img", "64", "--batch", "8", "--epochs", "1",
+            "--workers", "0", "--project", str(tmp_path), "--device", "cpu"]
+    trainer = Trainer(prune_finetune.parse_args(base + ["--cfg", str(child.with_suffix(".cfg")), "--name", "a"]),
+                      step="finetune")
+    assert [e["step"] for e in trainer.history][-1] == "prune"
+    with pytest.raises(TrainError, match="does not match the network"):
+        Trainer(prune_finetune.parse_args(base + ["--cfg", "models/yolov5n.yaml", "--name", "b"]), step="finetune")
+
+
+def test_pruned_weights_under_the_original_cfg_do_not_claim_the_prune_step(pruned, tiny_data, tmp_path, capsys):
+    import train
+    from utils.engine import Trainer
+    _, child = pruned
+    base = ["--weights", str(child), "--cfg", "models/yolov5n.yaml", "--data", str(tiny_data), "--img", "64",
+            "--workers", "0", "--project", str(tmp_path), "--device", "cpu", "--noautoanchor"]
+    assert train.main(base + ["--epochs", "1"]) == 2
+    assert "--allow-partial" in capsys.readouterr().err
+    trainer = Trainer(train.parse_args(base + ["--allow-partial"]))
+    assert trainer.history == []
+    assert "WARNING --allow-partial" in capsys.readouterr().out

@@ -465,3 +465,17 @@ def test_runtime_device_checks():
     with pytest.raises(RuntimeUnavailable, match="not known"):
         check_runtime(Bench("tensorrt"))
     check_runtime(Bench("torch", "cpu"))
+
+
+def test_cli_layers_then_latency_target(checkpoint, fake, tmp_path):
+    """--layers N removes blocks first; the latency target then refers to the layer-pruned model."""
+    weights = _weights(checkpoint, tmp_path / "w")
+    assert slim_prune_yolov5s.main(["--weights", str(weights), *FAST, "--layers", "1", "--target-latency", "0.6",
+                                    "--profile", str(tmp_path / "p.json")]) == 0
+    pruned = [p for p in (tmp_path / "w").glob("*.pt") if p.name != "last.pt"]
+    assert len(pruned) == 1
+    history = torch.load(pruned[0], weights_only=True)["history"]
+    assert history[-1]["step"] == "prune" and history[-1]["latency"]["met"] is True
+    assert history[-1]["settings"]["layers"] == 1 and len(history) == 3
+    key = json.loads((tmp_path / "p.json").read_text())["key"]
+    assert key["architecture"] != latency.architecture_hash(load_model(checkpoint).cfg)  # the layer-pruned one

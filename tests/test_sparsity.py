@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from models import build_model
-from utils.sparsity import SparsityHook, bn_gammas, gamma_stats, safe_prune_ratio
+from utils.prune.masks import safe_ratio
+from utils.prune.sparsity import SparsityHook, bn_gammas, gamma_stats, quantile_table
 
 
 def _model_with_grads(seed=0):
@@ -116,7 +117,35 @@ def test_gamma_stats_and_safe_ratio():
     st = gamma_stats(g)
     assert st["gamma_lt_0.01"] == pytest.approx(3 / 5)
     assert st["gamma_lt_0.001"] == pytest.approx(1 / 5)
-    # smallest per-layer max is 0.2: 3 of 5 gammas lie below it
-    assert safe_prune_ratio(g) == pytest.approx(3 / 5)
+    # smallest per-layer max is 0.2: 3 of 5 gammas lie below it (the one safe-ratio implementation)
+    assert st["safe_ratio"] == pytest.approx(3 / 5)
+    assert st["safe_ratio"] == safe_ratio({0: g[0], 1: g[1]}, [0, 1])
     model = build_model("models/yolov5n.yaml", nc=2)
     assert len(bn_gammas(model, _layers(model))) == 10
+
+
+def test_quantile_table_shows_min_median_max():
+    g = [torch.tensor([0.1, 0.2, 0.3]), torch.tensor([0.4, 0.5])]
+    table = quantile_table(g, " t ")
+    assert "0%" in table and "50%" in table and "100%" in table
+    assert "0.1 " in table and "0.3 " in table and "0.5 " in table  # min, median, max
+
+
+def test_decoupled_form_soft_thresholds_and_leaves_grads():
+    """Decoupled form: gamma <- sign * max(|gamma| - lr * k * s, 0), gradients untouched."""
+    model = _model_with_grads()
+    layers = _layers(model)
+    w = model.module_list[layers[0]].BatchNorm2d.weight
+    with torch.no_grad():
+        w[:4] = torch.tensor([0.005, -0.005, 0.5, -0.5])
+    opt = torch.optim.SGD([{"params": [w], "lr": 0.1}])
+    g0, w0 = w.grad.clone(), w.detach().clone()
+    hook = SparsityHook(layers[:1], scale=0.05, form="decoupled")
+    hook.apply_decoupled(model, opt, n_micro=2, n_images=16)  # threshold 0.1 * 2 * 0.05 = 0.01
+    assert torch.equal(w.grad, g0)
+    expect = torch.sign(w0) * (w0.abs() - 0.01).clamp(min=0)
+    assert torch.allclose(w.detach(), expect)
+    v = w.detach()[:4].tolist()
+    assert v[0] == 0 and v[1] == 0 and v[2] == pytest.approx(0.49) and v[3] == pytest.approx(-0.49)
+    with pytest.raises(ValueError, match="form"):
+        SparsityHook([0], form="adam")

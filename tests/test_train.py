@@ -9,6 +9,7 @@ import torch
 
 from models import load_checkpoint, load_model
 from tests.conftest import ROOT
+from utils.engine import Hook
 
 TINY = ["--img", "64", "--batch", "8", "--workers", "0", "--cfg", "models/yolov5n.yaml",
         "--noautoanchor"]
@@ -53,17 +54,20 @@ def test_resume_continues_exactly(tiny_data, tmp_path):
     args = TINY + ["--data", str(tiny_data), "--epochs", "2", "--project", str(tmp_path), "--seed", "1"]
     run_training(parse_args(args + ["--name", "full"]))
 
-    def crash_in_second_epoch(trainer):
-        def hook(tr, epoch, row):
+    class CrashInSecondEpoch(Hook):
+        def after_epoch(self, trainer, epoch, row):
             if epoch == 1:
                 raise _Stop
-        trainer.epoch_end.append(hook)
+
+    def crash_in_second_epoch(trainer):
+        trainer.register(CrashInSecondEpoch())
 
     with pytest.raises(_Stop):
         run_training(parse_args(args + ["--name", "cut"]), configure=crash_in_second_epoch)
     last = tmp_path / "cut" / "weights" / "last.pt"
     assert load_checkpoint(last)["epoch"] == 0  # the last good checkpoint is usable
     run_training(parse_args(["--resume", str(last)]))
+    assert [e["step"] for e in load_checkpoint(last)["history"]] == ["train"]  # one entry for the run
     a = torch.load(tmp_path / "full" / "weights" / "last.pt", weights_only=True)["model"]
     b = torch.load(last, weights_only=True)["model"]
     for k in a:
@@ -102,6 +106,7 @@ def test_sparsity_training_shrinks_gammas(tiny_data, tmp_path):
     assert g1 < g0
     entry = ck["history"][-1]
     assert entry["step"] == "sparsity" and entry["sr"] and entry["scale"] == 0.05 and entry["prune"] == 1
+    assert entry["sr_form"] == "gradient"  # SGD: the penalty went into the gradient
     model = load_model(tmp_path / "s1" / "weights" / "last.pt")
     assert entry["layers"] == prunable_layers(model.cfg, 3)
     for f in ("gamma_hist.png", "gamma_layers.png"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import colorsys
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 __all__ = ["class_colour", "label_text", "draw_box", "annotate", "summarise_counts"]
@@ -35,7 +36,6 @@ def draw_box(img: np.ndarray, xyxy: Sequence[float], label: str | None = None,
     The tab sits above the box, or inside it when the box touches the top edge, so the text
     always stays within the image.
     """
-    import cv2
     lw = max(int(line_thickness), 1)
     p1 = (int(round(xyxy[0])), int(round(xyxy[1])))
     p2 = (int(round(xyxy[2])), int(round(xyxy[3])))

@@ -27,17 +27,8 @@ from utils.fileio import atomic_write
 from utils.hyp import load_hyp
 from utils.labels import cache_path_for, check_class_ids, img2label_paths, scan_dataset, unlabelled_reason
 
-# ---- re-exports: names that lived here before the data package was split by concept; import them from
-# ---- their new homes (utils.dataconfig, utils.hyp, utils.labels). This block goes once no module uses it.
-from utils.dataconfig import IMG_FORMATS, DataConfig, load_data_config  # noqa: F401
-from utils.hyp import DEFAULT_HYP  # noqa: F401
-from utils.labels import parse_label_text, verify_image  # noqa: F401
 
-_REEXPORTED = ["DataConfig", "DatasetError", "load_data_config", "load_hyp", "list_image_files",
-               "img2label_paths", "verify_image", "parse_label_text", "IMG_FORMATS", "DEFAULT_HYP"]
-# ---- end of re-exports
-
-__all__ = ["YoloDataset", "create_dataloader", "EpochSampler", "SeededDistributedSampler", *_REEXPORTED]
+__all__ = ["YoloDataset", "create_dataloader", "EpochSampler", "SeededDistributedSampler"]
 
 
 def _say(msg: str, verbose: bool = True) -> None:

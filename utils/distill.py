@@ -24,8 +24,14 @@ import torch
 import torch.nn.functional as F
 
 from models import Darknet
+from utils.engine import Hook
+from utils.errors import UserError
 
-__all__ = ["Distiller", "soft_target_loss", "bounded_box_loss", "check_teacher"]
+__all__ = ["Distiller", "DistillError", "soft_target_loss", "bounded_box_loss", "check_teacher"]
+
+
+class DistillError(UserError, ValueError):
+    """The teacher cannot teach the student (other classes, anchors or strides)."""
 
 
 def _bernoulli_kl(t_logits: torch.Tensor, s_logits: torch.Tensor, T: float) -> torch.Tensor:
@@ -98,13 +104,13 @@ def check_teacher(student: Darknet, teacher: Darknet, teacher_name: str) -> None
     if len(ta) != len(sa) or any(x.shape != y.shape or not torch.allclose(x, y) for x, y in zip(ta, sa)):
         problems.append("different anchors")
     if problems:
-        raise ValueError(f"teacher {teacher_name} cannot teach this model: " + "; ".join(problems)
+        raise DistillError(f"teacher {teacher_name} cannot teach this model: " + "; ".join(problems)
                          + ". Use the unpruned checkpoint the pruned model was made from.")
 
 
 @dataclass
-class Distiller:
-    """``loss_terms`` seam of the training engine."""
+class Distiller(Hook):
+    """Distillation as a training-engine hook: its ``loss`` is added to the detection loss."""
 
     teacher: Darknet
     mode: int = 2
@@ -117,7 +123,7 @@ class Distiller:
 
     def __post_init__(self):
         if self.mode not in (1, 2):
-            raise ValueError(f"--distill-mode {self.mode}: use 1 (Hinton) or 2 (soft targets + bounded box)")
+            raise DistillError(f"--distill-mode {self.mode}: use 1 (Hinton) or 2 (soft targets + bounded box)")
         self.teacher.eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
@@ -128,7 +134,8 @@ class Distiller:
             _, raw = self.teacher(imgs.float())
         return raw
 
-    def loss(self, student_maps, imgs, targets, build_targets) -> tuple[torch.Tensor, dict]:
+    def distill_loss(self, student_maps, imgs, targets, build_targets) -> tuple[torch.Tensor, dict]:
+        """(weighted distillation loss, {term: value}) of the student's raw maps on ``imgs``."""
         teacher_maps = self.teacher_maps(imgs)
         if self.mode == 1:
             bs = imgs.shape[0]
@@ -144,5 +151,5 @@ class Distiller:
                       "dbox": float(self.box_weight * box.detach()),
                       "rratio": behind / max(count, 1)}
 
-    def __call__(self, trainer, imgs, targets, preds):
-        return self.loss(preds, imgs, targets, trainer.compute_loss.build_targets)
+    def loss(self, trainer, imgs, targets, preds) -> tuple[torch.Tensor, dict]:
+        return self.distill_loss(preds, imgs, targets, trainer.compute_loss.build_targets)

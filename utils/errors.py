@@ -6,7 +6,8 @@ and what to do, with exit code 2; Ctrl-C exits with 130. Nothing else in the pro
 tracebacks for such errors. Set ``YOLOV5_PRUNE_TRACEBACK=1`` (or pass ``--traceback`` to any
 script) to see the full traceback as well.
 
-This module imports nothing from the project, so every package may use it.
+This module imports only :mod:`utils.fileio` (which imports nothing from the project), so every
+package may use it.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
+
+from utils.fileio import target_of
 
 __all__ = ["UserError", "cli_main", "describe_error", "positive_int", "nonneg_int", "positive_float",
            "nonneg_float", "fraction", "open_fraction"]
@@ -35,7 +38,7 @@ class UserError(Exception):
 
 
 def _errno_sentence(e: OSError) -> str:
-    name = e.filename if e.filename is not None else "a file"
+    name = str(target_of(e.filename)) if e.filename is not None else "a file"
     if e.errno == errno.ENOSPC:
         return (f"no space left on the device while writing {name}; free some space and run again "
                 f"(files already in place were not replaced)")
@@ -43,6 +46,8 @@ def _errno_sentence(e: OSError) -> str:
         return f"permission denied for {name}; choose a writable folder (for example --project or --out-dir)"
     if e.errno == errno.ENOENT:
         return f"{name}: no such file or folder"
+    if e.errno == errno.ENOTDIR:
+        return f"{name}: a part of this path is a file, not a folder; choose another path"
     if e.errno == errno.EISDIR:
         return f"{name} is a folder; a file was expected"
     return f"{name}: {e.strerror or e}"

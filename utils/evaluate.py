@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -19,9 +18,20 @@ import numpy as np
 import torch
 
 from .boxes import non_max_suppression, scale_boxes, xywh2xyxy, xyxy2xywh
+from .dataconfig import load_data_config
+from .datasets import create_dataloader
+from .errors import UserError
+from .general import check_img_size
 from .metrics import ConfusionMatrix, ap_per_class, fitness, match_predictions
+from .timing import StageTimer
 
-__all__ = ["EvalResult", "evaluate", "evaluate_dataset", "print_results"]
+__all__ = ["EvalError", "EvalResult", "evaluate", "evaluate_dataset", "print_results"]
+
+STAGES = ("pre", "inference", "nms")  # keys of EvalResult.speed and metrics.json "speed"
+
+
+class EvalError(UserError, ValueError):
+    """Model and data do not belong together (classes, split); the message says which and what to do."""
 
 
 @dataclass
@@ -70,9 +80,7 @@ def _inference_model(model: torch.nn.Module, half: bool, fuse: bool,
     model = getattr(model, "module", model)  # DDP / DataParallel wrappers
     if not (fuse or half or channels_last):
         return model, False
-    net = copy.deepcopy(model)
-    if fuse and hasattr(net, "fuse"):
-        net.fuse()
+    net = model.fused_copy() if fuse and hasattr(model, "fused_copy") else copy.deepcopy(model)
     if half:
         net.half()
     if channels_last:
@@ -89,29 +97,6 @@ def _class_names(names, model: torch.nn.Module, nc: int, single_cls: bool) -> li
         names = [names[k] for k in sorted(names)]
     names = list(names or getattr(getattr(model, "module", model), "names", None) or [])
     return [str(names[i]) if i < len(names) else str(i) for i in range(nc)]
-
-
-class _Timer:
-    """Accumulates wall time per stage; synchronises CUDA so GPU work is charged to its stage."""
-
-    def __init__(self, device: torch.device):
-        self.device = device if device.type == "cuda" else None
-        self.total = {"pre": 0.0, "inference": 0.0, "nms": 0.0}
-        self._t = 0.0
-
-    def _sync(self) -> None:
-        if self.device is not None:
-            torch.cuda.synchronize(self.device)
-
-    def start(self) -> None:
-        self._sync()
-        self._t = time.perf_counter()
-
-    def lap(self, stage: str) -> None:
-        self._sync()
-        now = time.perf_counter()
-        self.total[stage] += now - self._t
-        self._t = now
 
 
 def _image_id(path: str, by_name: dict[str, int] | None):
@@ -255,7 +240,7 @@ class _Scorer:
         else:
             tp, conf, pred_cls, target_cls = np.zeros((0, 10), bool), np.zeros(0), np.zeros(0), np.zeros(0)
         if len(target_cls) and target_cls.max() >= nc:
-            raise ValueError(f"a label has class {int(target_cls.max())} but the model has {nc} classes")
+            raise EvalError(f"a label has class {int(target_cls.max())} but the model has {nc} classes")
         n_labels = np.bincount(target_cls.astype(int), minlength=nc)
         result = EvalResult(0.0, 0.0, 0.0, 0.0, images=self.seen, instances=int(n_labels.sum()),
                             maps=np.zeros(nc))
@@ -280,6 +265,39 @@ class _Scorer:
 
 
 # ---------------------------------------------------------------------------------- evaluation
+def _with_progress(dataloader: Iterable, progress: bool) -> Iterable:
+    """The batches, behind a progress bar on a terminal (no bar in logs)."""
+    if not (progress and sys.stdout.isatty()):
+        return dataloader
+    from tqdm import tqdm
+    return tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}")
+
+
+@torch.no_grad()
+def _run_batches(net: torch.nn.Module, batches: Iterable, scorer: _Scorer, timer: StageTimer,
+                 device: torch.device, half: bool, channels_last: bool, compute_loss: Callable | None,
+                 nms: dict) -> tuple[torch.Tensor | None, int, tuple | None]:
+    """Infer, NMS and score every batch; returns (summed loss items or None, batches, first batch shape)."""
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    loss_sum, n_batches, shape = None, 0, None
+    for imgs, targets, paths, shapes in batches:
+        timer.start()
+        imgs = imgs.to(device, non_blocking=True)
+        imgs = ((imgs.half() if half else imgs.float()) / 255).contiguous(memory_format=layout)
+        targets = targets.to(device)
+        timer.lap("pre")
+        y, raw = net(imgs)
+        timer.lap("inference")
+        if compute_loss is not None:
+            items = compute_loss([r.float() for r in raw], targets)[1].detach().float()
+            loss_sum = items if loss_sum is None else loss_sum + items
+        dets = non_max_suppression(y.float(), **nms)
+        timer.lap("nms")
+        scorer.add_batch(dets, targets, imgs.shape[2:], shapes, paths)
+        n_batches, shape = n_batches + 1, shape or tuple(imgs.shape)  # first (full) batch
+    return loss_sum, n_batches, shape
+
+
 def evaluate(model: torch.nn.Module, dataloader: Iterable, *, conf_thres: float = 0.001,
              iou_thres: float = 0.6, max_det: int = 300, half: bool = False,
              names: Sequence[str] | dict | None = None, save_dir: str | Path | None = None,
@@ -305,36 +323,18 @@ def evaluate(model: torch.nn.Module, dataloader: Iterable, *, conf_thres: float 
         save_dir.mkdir(parents=True, exist_ok=True)
     scorer = _Scorer(nc, device, single_cls, plots, _coco_lookup(coco_ann, names) if save_json else None)
     net, private = _inference_model(model, half, fuse, channels_last)
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    was_training, timer, loss_sum, n_batches, shape = net.training, _Timer(device), None, 0, None
-    batches = dataloader
-    if progress and sys.stdout.isatty():  # no bar in logs
-        from tqdm import tqdm
-        batches = tqdm(dataloader, desc=HEADER, bar_format="{l_bar}{bar:10}{r_bar}")
+    was_training, timer = net.training, StageTimer(device, STAGES)
+    nms = {"conf_thres": conf_thres, "iou_thres": iou_thres, "multi_label": True, "agnostic": single_cls,
+           "max_det": max_det}
     try:
         net.eval()
-        with torch.no_grad():
-            for imgs, targets, paths, shapes in batches:
-                timer.start()
-                imgs = imgs.to(device, non_blocking=True)
-                imgs = ((imgs.half() if half else imgs.float()) / 255).contiguous(memory_format=layout)
-                targets = targets.to(device)
-                timer.lap("pre")
-                y, raw = net(imgs)
-                timer.lap("inference")
-                if compute_loss is not None:
-                    items = compute_loss([r.float() for r in raw], targets)[1].detach().float()
-                    loss_sum = items if loss_sum is None else loss_sum + items
-                dets = non_max_suppression(y.float(), conf_thres, iou_thres, multi_label=True,
-                                           agnostic=single_cls, max_det=max_det)
-                timer.lap("nms")
-                scorer.add_batch(dets, targets, imgs.shape[2:], shapes, paths)
-                n_batches, shape = n_batches + 1, shape or tuple(imgs.shape)  # first (full) batch
+        loss_sum, n_batches, shape = _run_batches(net, _with_progress(dataloader, progress), scorer, timer,
+                                                  device, half, channels_last, compute_loss, nms)
     finally:
         if not private:
             net.train(was_training)
     result = scorer.summarise(names, plots, save_dir)
-    result.speed = {k: v / max(scorer.seen, 1) * 1e3 for k, v in timer.total.items()}
+    result.speed = timer.per_item_ms(scorer.seen)
     if loss_sum is not None:
         result.loss = (loss_sum.cpu() / max(n_batches, 1)).tolist()
     print_results(result, per_class=verbose and nc > 1, shape=shape)
@@ -377,23 +377,19 @@ def evaluate_dataset(model: torch.nn.Module, data_cfg: Any, img_size: int = 640,
     """Evaluate on a dataset description (path, loaded config, or None for the built-in dataset):
     rectangular batches, pad 0.5, stride = the model's largest stride, as upstream's val.py does.
     Other keyword arguments go to :func:`evaluate`."""
-    from .datasets import create_dataloader, load_data_config
-
     cfg = load_data_config(data_cfg) if data_cfg is None or isinstance(data_cfg, (str, Path)) else data_cfg
     if task not in ("train", "val", "test"):
-        raise ValueError(f"task={task!r}: use train, val or test")
+        raise EvalError(f"task={task!r}: use train, val or test")
     files = getattr(cfg, task)
     if not files:
-        raise ValueError(f"{getattr(cfg, 'source', data_cfg)}: the dataset has no '{task}' split")
+        raise EvalError(f"{getattr(cfg, 'source', data_cfg)}: the dataset has no '{task}' split")
     net = getattr(model, "module", model)
     single_cls = kw.get("single_cls", False)
     if not single_cls and cfg.nc != net.nc:
-        raise ValueError(f"the model has {net.nc} classes but {getattr(cfg, 'source', data_cfg)} has "
-                         f"{cfg.nc}: pass weights and data that belong together (or --single-cls)")
+        raise EvalError(f"the model has {net.nc} classes but {getattr(cfg, 'source', data_cfg)} has "
+                        f"{cfg.nc}: pass weights and data that belong together (or --single-cls)")
     stride = max(int(float(net.stride.max())), 32)
-    size = int(np.ceil(img_size / stride) * stride)
-    if size != img_size:
-        print(f"WARNING: image size {img_size} is not a multiple of the stride {stride}; using {size}")
+    size = check_img_size(img_size, stride)[0]
     loader, _ = create_dataloader(files, size, batch_size, stride, rect=True, pad=0.5, workers=workers,
                                   shuffle=False, nc=cfg.nc, prefix=f"{task}: ")
     kw.setdefault("names", list(cfg.names) if cfg.names else None)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 __all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps", "staged_outputs",
-           "temp_name"]
+           "target_of", "temp_name"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -27,6 +26,15 @@ _TMP_SUFFIX = ".tmp"
 def temp_name(path: Path) -> Path:
     """A fresh hidden temporary path beside ``path`` that :func:`remove_stale_temps` recognises."""
     return path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}"
+
+
+def target_of(path: str | Path) -> Path:
+    """The file a temporary path from :func:`temp_name` stands for (any other path is returned as is)."""
+    path = Path(path)
+    parts = path.name.split(".")  # ['', name..., pid, random, 'tmp']
+    if path.name.startswith(".") and path.name.endswith(_TMP_SUFFIX) and len(parts) >= 5 and parts[-3].isdigit():
+        return path.with_name(".".join(parts[1:-3]))
+    return path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -91,7 +92,6 @@ def colorstr(*args: str) -> str:
 
 def setup_logging(verbose: bool = True) -> None:
     """Plain message logging to stdout for the command-line scripts (call from main, not at import)."""
-    import sys
     if not LOGGER.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))

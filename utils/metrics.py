@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .boxes import box_iou
+from .plots import plot_confusion_matrix, plot_mc_curve, plot_pr_curve
 
 __all__ = ["compute_ap", "ap_per_class", "fitness", "smooth", "match_predictions", "ConfusionMatrix",
            "IOU_THRESHOLDS"]
@@ -98,7 +99,6 @@ def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_
                 pr_curves.append(np.interp(px, mrec, mpre))
     f1_curve = 2 * p_curve * r_curve / (p_curve + r_curve + _EPS)
     if plot and nc:
-        from .plots import plot_mc_curve, plot_pr_curve
         class_names = _names_for(classes, names)
         save_dir = Path(save_dir)
         plot_pr_curve(px, np.array(pr_curves), ap, save_dir / "PR_curve.png", class_names)
@@ -205,6 +205,5 @@ class ConfusionMatrix:
 
     def plot(self, save_dir: str | Path = ".", names: Sequence[str] = (), normalize: bool = True) -> Path:
         """Write ``confusion_matrix.png`` into ``save_dir``; returns its path."""
-        from .plots import plot_confusion_matrix
         return plot_confusion_matrix(self.matrix, Path(save_dir) / "confusion_matrix.png", names,
                                      normalize=normalize)

@@ -20,29 +20,39 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["OnnxModel", "require_onnxruntime", "require_onnx", "parse_names", "parse_stride",
-           "is_onnx"]
+from .errors import UserError
+
+__all__ = ["OnnxModel", "OnnxModelError", "MissingDependencyError", "require_onnxruntime", "require_onnx",
+           "parse_names", "parse_stride", "is_onnx"]
 
 DEFAULT_STRIDE = (8.0, 16.0, 32.0)  # P3-P5; used only for files exported without our metadata
 
 
+class MissingDependencyError(UserError, ImportError):
+    """An optional package (onnx, onnxruntime) is needed; the message says what to install."""
+
+
+class OnnxModelError(UserError, ValueError):
+    """An ``.onnx`` file that cannot serve as a detector, or an input it was not exported for."""
+
+
 def require_onnxruntime() -> Any:
-    """The onnxruntime module, or an ImportError that says how to install it."""
+    """The onnxruntime module, or a :class:`MissingDependencyError` that says how to install it."""
     try:
         import onnxruntime
     except ImportError:
-        raise ImportError("onnxruntime is not installed; it is needed to run or check .onnx models: "
-                          "pip install onnxruntime (listed in requirements-dev.txt)") from None
+        raise MissingDependencyError("onnxruntime is not installed; it is needed to run or check .onnx "
+                                     "models: pip install onnxruntime (listed in requirements-dev.txt)") from None
     return onnxruntime
 
 
 def require_onnx() -> Any:
-    """The onnx module, or an ImportError that says how to install it."""
+    """The onnx module, or a :class:`MissingDependencyError` that says how to install it."""
     try:
         import onnx
     except ImportError:
-        raise ImportError("onnx is not installed; it is needed to export and inspect .onnx models: "
-                          "pip install onnx (listed in requirements-dev.txt)") from None
+        raise MissingDependencyError("onnx is not installed; it is needed to export and inspect .onnx "
+                                     "models: pip install onnx (listed in requirements-dev.txt)") from None
     return onnx
 
 
@@ -55,15 +65,15 @@ def parse_names(text: str, source: str = "names") -> list[str]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ValueError(f"{source}: cannot parse class names {text[:80]!r}") from None
+        raise OnnxModelError(f"{source}: cannot parse class names {text[:80]!r}") from None
     if isinstance(value, dict):
         keys = sorted(int(k) for k in value)
         if keys != list(range(len(keys))):
-            raise ValueError(f"{source}: class ids must be 0..n-1, got {keys[:10]}")
+            raise OnnxModelError(f"{source}: class ids must be 0..n-1, got {keys[:10]}")
         return [str(value[k]) for k in keys]
     if isinstance(value, (list, tuple)):
         return [str(v) for v in value]
-    raise ValueError(f"{source}: class names must be a dict or a list, got {type(value).__name__}")
+    raise OnnxModelError(f"{source}: class names must be a dict or a list, got {type(value).__name__}")
 
 
 def parse_stride(text: str, source: str = "stride") -> list[float]:
@@ -71,10 +81,10 @@ def parse_stride(text: str, source: str = "stride") -> list[float]:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ValueError(f"{source}: cannot parse strides {text[:80]!r}") from None
+        raise OnnxModelError(f"{source}: cannot parse strides {text[:80]!r}") from None
     values = [float(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
     if not values or any(v <= 0 for v in values):
-        raise ValueError(f"{source}: strides must be positive numbers, got {text!r}")
+        raise OnnxModelError(f"{source}: strides must be positive numbers, got {text!r}")
     return values
 
 
@@ -116,7 +126,9 @@ class OnnxModel(nn.Module):
             session = ort.InferenceSession(str(self.path), sess_options=options,
                                            providers=_providers(ort, torch.device(device)))
         except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"{self.path}: onnxruntime cannot load the model: {e}") from None
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise OnnxModelError(f"{self.path}: onnxruntime cannot load the model ({detail}); export it again "
+                                 f"with export.py") from None
         self._attach(session)
         self._device = nn.Parameter(torch.zeros(0, device=device), requires_grad=False)
 
@@ -125,11 +137,11 @@ class OnnxModel(nn.Module):
         self.session = session
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{self.path}: expected one image input (B, 3, H, W), got "
+            raise OnnxModelError(f"{self.path}: expected one image input (B, 3, H, W), got "
                              f"{[(i.name, i.shape) for i in inputs]}")
         out_shape = outputs[0].shape
         if len(out_shape) != 3:
-            raise ValueError(f"{self.path}: expected the detection output (B, N, 5+nc) first, "
+            raise OnnxModelError(f"{self.path}: expected the detection output (B, N, 5+nc) first, "
                              f"got {outputs[0].name} of shape {out_shape}")
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         shape = inputs[0].shape
@@ -147,7 +159,7 @@ class OnnxModel(nn.Module):
                           stacklevel=3)
             self.names = [str(i) for i in range(nc)]
         if out_nc and out_nc - 5 != len(self.names):
-            raise ValueError(f"{self.path}: metadata lists {len(self.names)} class names but the "
+            raise OnnxModelError(f"{self.path}: metadata lists {len(self.names)} class names but the "
                              f"output has {out_nc - 5} class scores")
         stride = parse_stride(meta["stride"], f"{self.path} metadata 'stride'") if "stride" in meta \
             else list(DEFAULT_STRIDE)
@@ -184,14 +196,14 @@ class OnnxModel(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
         """(B, 3, H, W) in [0, 1] -> ((B, N, 5+nc) in ``x``'s dtype and device, [])."""
         if self.fixed_shape is not None and tuple(x.shape[2:]) != self.fixed_shape:
-            raise ValueError(f"{self.path} was exported for {self.fixed_shape[0]}x"
+            raise OnnxModelError(f"{self.path} was exported for {self.fixed_shape[0]}x"
                              f"{self.fixed_shape[1]} inputs, got {x.shape[2]}x{x.shape[3]}; "
                              f"export with --dynamic or use --img {self.fixed_shape[0]} "
                              f"{self.fixed_shape[1]}")
         arr = x.detach().cpu().numpy().astype(self.input_dtype, copy=False)
         b, step = arr.shape[0], self.fixed_batch or arr.shape[0]
         if b % step:
-            raise ValueError(f"{self.path} was exported for batch {step}; got a batch of {b}")
+            raise OnnxModelError(f"{self.path} was exported for batch {step}; got a batch of {b}")
         y = np.concatenate([self._run(arr[i:i + step]) for i in range(0, b, step)], 0)
         return torch.from_numpy(y).to(device=x.device, dtype=x.dtype), []
 

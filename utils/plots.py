@@ -5,6 +5,7 @@ touches pyplot's global state or the user's backend (safe in scripts, tests and 
 """
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 from typing import Sequence
 
@@ -114,7 +115,6 @@ def plot_confusion_matrix(matrix: np.ndarray, save_path: str | Path, names: Sequ
 
 def plot_results(csv_path: str | Path) -> Path:
     """results.csv of a training run -> results.png beside it (one panel per column)."""
-    import csv
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     csv_path = Path(csv_path)

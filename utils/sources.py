@@ -1,21 +1,27 @@
-"""Inference sources: turn a ``--source`` argument into files, and files into frames.
+"""Inference inputs: the ``--weights`` file, a ``--source`` argument as files, and files as frames.
 
 A source is an image, a video, a folder (its images and videos, sorted by name), a glob pattern or
 a ``.txt`` file listing one path per line. :func:`resolve_sources` does the path work and fails
 early, naming the argument, when nothing usable is found; :func:`iter_frames` then yields every
-image once and every video frame by frame, so the caller handles both kinds in one loop.
+image once and every video frame by frame, so the caller handles both kinds in one loop. A file
+that cannot be decoded (empty, truncated, not really an image) is reported to the caller as a
+:class:`ReadProblem` and skipped rather than ending the run; :func:`image_problem` is the check that
+catches truncated files before the decoder half-reads them.
 """
 from __future__ import annotations
 
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Generator, Iterable, Iterator
 
+import cv2
 import numpy as np
 
-__all__ = ["IMG_FORMATS", "VID_FORMATS", "Frame", "SourceError", "resolve_sources", "iter_frames",
-           "is_image", "is_video", "video_fourcc", "parse_img_size"]
+from .errors import UserError
+
+__all__ = ["IMG_FORMATS", "VID_FORMATS", "Frame", "ReadProblem", "SourceError", "resolve_sources",
+           "iter_frames", "image_problem", "is_image", "is_video", "video_fourcc", "weights_file"]
 
 IMG_FORMATS = frozenset({".bmp", ".dng", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp",
                          ".pfm"})
@@ -28,8 +34,36 @@ _FOURCC = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv
            ".wmv": "WMV2", ".asf": "WMV2", ".mpg": "MPEG", ".mpeg": "MPEG"}
 
 
-class SourceError(FileNotFoundError):
+# Signatures that tell a complete file from a cut-off one (the decoders fill a cut-off image with grey).
+_JPEG_START, _JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"  # SOI (+ first marker), EOI
+_PNG_START, _PNG_END = b"\x89PNG\r\n\x1a\n", b"IEND\xaeB`\x82"  # signature, IEND chunk + its CRC
+_TAIL_BYTES = 1024  # trailing zero padding some writers add is ignored within this window
+
+
+class SourceError(UserError, FileNotFoundError):
     """A ``--source`` that names nothing readable; the message says which path and why."""
+
+
+@dataclass(frozen=True)
+class ReadProblem:
+    """A file that could not be read (``whole_file``: none of it was used), or a video whose later
+    frames could not be decoded (its earlier frames were used)."""
+    path: Path
+    reason: str
+    whole_file: bool = True
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" + ("; skipped" if self.whole_file else "")
+
+
+def weights_file(value: str | Path, flag: str = "--weights") -> Path:
+    """The file a weights flag names; a missing one is a FileNotFoundError naming the flag."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{flag} {value}: is a folder; give the weights file itself")
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {value}: weights file not found; check the path")
+    return path
 
 
 def is_image(path: str | Path) -> bool:
@@ -121,59 +155,97 @@ def resolve_sources(source: str | Path) -> list[Path]:
                       f"a folder, a glob or a .txt list)")
 
 
-def _read_image(path: Path, file_index: int, file_count: int) -> Frame:
-    import cv2
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete image file, or None when its bytes look whole.
+
+    Catches what decoders paper over: an empty file, a JPEG without its end-of-image marker and a
+    PNG without its IEND chunk (both were cut off; libjpeg would fill the rest with grey and only
+    print a note). Other formats are left to the decoder.
+    """
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return "the file is empty"
+        with open(path, "rb") as f:
+            head = f.read(len(_PNG_START))
+            f.seek(max(size - _TAIL_BYTES, 0))
+            tail = f.read().rstrip(b"\x00")
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e})"
+    if head.startswith(_JPEG_START) and not tail.endswith(_JPEG_END):
+        return "truncated JPEG (no end-of-image marker)"
+    if head.startswith(_PNG_START) and not tail.endswith(_PNG_END):
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def _read_image(path: Path) -> np.ndarray | ReadProblem:
+    """(H, W, 3) BGR pixels, or why the file cannot be used."""
+    problem = image_problem(path)
+    if problem is not None:
+        return ReadProblem(path, problem)
+    try:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error:
+        image = None
     if image is None:
-        raise SourceError(f"{path}: cannot be read as an image (corrupt or unsupported encoding)")
-    return Frame(path, image, file_index, file_count)
+        return ReadProblem(path, "cannot be decoded as an image (corrupt or unsupported encoding)")
+    return image
 
 
-def _read_video(path: Path, file_index: int, file_count: int) -> Iterator[Frame]:
-    import cv2
+def _next_frame(cap: cv2.VideoCapture) -> np.ndarray | None:
+    try:
+        ok, image = cap.read()
+    except cv2.error:
+        return None
+    return image if ok and image is not None else None
+
+
+def _read_video(path: Path, file_index: int, file_count: int) -> Generator[Frame, None, ReadProblem | None]:
+    """Frames until the stream ends; returns the problem, if any: an unreadable video, or a frame
+    that failed to decode before the frame count the container reports (which ends the video)."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
-        raise SourceError(f"{path}: cannot be opened as a video")
+        return ReadProblem(path, "cannot be opened as a video")
+    index = 0
     try:
         count = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), 0)
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        index = 0
-        while True:
-            ok, image = cap.read()
-            if not ok:
-                break
+        while (image := _next_frame(cap)) is not None:
             index += 1
             yield Frame(path, image, file_index, file_count, index, max(count, index) if count else 0,
                         fps, True)
-        if index == 0:
-            raise SourceError(f"{path}: the video has no readable frames")
     finally:
         cap.release()
+    if index == 0:
+        return ReadProblem(path, "the video has no readable frames")
+    if index < count:
+        return ReadProblem(path, f"frame {index + 1} of {count} cannot be decoded; the rest of the video "
+                                 f"is skipped", whole_file=False)
+    return None
 
 
-def iter_frames(files: list[Path]) -> Iterator[Frame]:
-    """Every image once and every video frame by frame, in the order of ``files``."""
+def _raise(problem: ReadProblem) -> None:
+    if problem.whole_file:
+        raise SourceError(f"{problem.path}: {problem.reason}")
+
+
+def iter_frames(files: list[Path], on_problem: Callable[[ReadProblem], None] | None = None) -> Iterator[Frame]:
+    """Every image once and every video frame by frame, in the order of ``files``.
+
+    A file that cannot be read is reported to ``on_problem`` and skipped (so is the rest of a video
+    whose frame fails to decode); without ``on_problem`` an unreadable file raises
+    :class:`SourceError`.
+    """
+    report = on_problem or _raise
     n = len(files)
     for i, path in enumerate(files, 1):
         if is_video(path):
-            yield from _read_video(path, i, n)
+            problem = yield from _read_video(path, i, n)
         else:
-            yield _read_image(path, i, n)
-
-
-def parse_img_size(values: int | Iterable[int], stride: int = 32, flag: str = "--img") -> tuple[int, int]:
-    """``--img`` values (one side, or h w) -> (h, w), each rounded up to a multiple of ``stride``.
-
-    The network downsamples by ``stride``; other sizes would leave feature maps that do not tile
-    the image, so they are rounded up (with a note) rather than refused.
-    """
-    sizes = [values] if isinstance(values, int) else [int(v) for v in values]
-    if len(sizes) not in (1, 2) or any(s <= 0 for s in sizes):
-        raise ValueError(f"{flag} {' '.join(map(str, sizes))}: give one positive size or two (h w)")
-    h, w = (sizes[0], sizes[0]) if len(sizes) == 1 else sizes
-    stride = max(int(stride), 1)
-    rounded = (-(-h // stride) * stride, -(-w // stride) * stride)
-    if rounded != (h, w):
-        print(f"{flag} {h}x{w} is not a multiple of the model stride {stride}; "
-              f"using {rounded[0]}x{rounded[1]}")
-    return rounded
+            image = _read_image(path)
+            problem = image if isinstance(image, ReadProblem) else None
+            if problem is None:
+                yield Frame(path, image, i, n)
+        if problem is not None:
+            report(problem)

@@ -1,29 +1,51 @@
 """Small torch helpers: device selection, FLOP counting, timing."""
 from __future__ import annotations
 
+import copy
+import math
 import statistics
 import time
 
 import torch
 
-__all__ = ["select_device", "count_flops", "count_params", "measure_latency"]
+from .errors import UserError
+
+__all__ = ["DeviceError", "select_device", "count_flops", "count_params", "measure_latency", "de_parallel",
+           "ModelEMA"]
+
+
+class DeviceError(UserError, ValueError):
+    """``--device`` names a device this machine does not have, or is not a device at all."""
 
 
 def select_device(device: str | None = "") -> torch.device:
-    """'' or None: CUDA if available, else CPU; 'cpu'; '0' or 'cuda:0'; '0,1' -> first listed."""
-    device = (device or "").strip().lower().replace("cuda:", "")
+    """'' or None: CUDA if available, else CPU; 'cpu'; '0' or 'cuda:0'; '0,1' -> first listed.
+
+    A malformed string, a CUDA device without CUDA, or an index past the last GPU raises
+    :class:`DeviceError` naming ``--device`` and pointing to ``--device cpu``.
+    """
+    given = (device or "").strip()
+    device = given.lower().replace("cuda:", "")
     if device in ("", "auto"):
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         return torch.device("cpu")
     if device == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise DeviceError("--device mps: Apple MPS is not available on this machine; use --device cpu")
         return torch.device("mps")
-    first = device.split(",")[0]
-    if not first.isdigit():
-        raise ValueError(f"--device {device!r}: use 'cpu', a CUDA index such as 0, or 0,1")
+    indices = device.split(",")
+    if not all(i.strip().isdigit() for i in indices):
+        raise DeviceError(f"--device {given!r} is not a device: use --device cpu, a CUDA index such as "
+                          f"--device 0, or a list such as --device 0,1")
     if not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-    return torch.device(f"cuda:{first}")
+        raise DeviceError(f"--device {given}: CUDA is not available on this machine; use --device cpu")
+    n = torch.cuda.device_count()
+    bad = [int(i) for i in indices if int(i) >= n]
+    if bad:
+        raise DeviceError(f"--device {given}: this machine has {n} CUDA device(s) (0..{n - 1}); "
+                          f"use one of them or --device cpu")
+    return torch.device(f"cuda:{int(indices[0])}")
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -91,8 +113,6 @@ class ModelEMA:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.9999, tau: float = 2000, updates: int = 0):
-        import copy
-        import math
         self.ema = copy.deepcopy(de_parallel(model)).eval()
         self.updates = updates
         self._decay = lambda x: decay * (1 - math.exp(-x / tau))

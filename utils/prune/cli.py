@@ -41,6 +41,8 @@ from .errors import PruneError
 from .graph import PruneGraph, analyse
 from .latency import (Bench, Comparison, LatencyChoice, LatencyProfile, LatencyUnreachable, check_runtime, compare,
                       load_or_measure_profile, meet_latency)
+from .layers import (STATISTICS, LayerResult, block_rows, block_table, find_blocks, history_entry, layer_prefix,
+                     layer_prune, plot_blocks, renumber_history, search_shortcuts, sparsity_note)
 from .masks import ranking_layers
 from .options import RUNTIMES, LatencyTarget, PruneOptions, Target, validate_ratio
 from .pipeline import PruneResult, Unreachable, prune, search_ratio
@@ -49,7 +51,8 @@ from .report import (gamma_quantiles, layer_rows, layer_table, metric_table, plo
 from .strategy import Strategy, get_strategy
 from .surgery import model_from_state
 
-__all__ = ["build_parser", "run", "output_prefix", "output_paths", "evaluate_map"]
+__all__ = ["build_parser", "run", "output_prefix", "output_paths", "evaluate_map", "build_layer_parser",
+           "run_layers"]
 
 # ------------------------------------------------------------------------------------ flags
 def _ratio_type(flag: str) -> Callable[[str], float]:
@@ -130,6 +133,10 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
                    "beside the inputs")
     p.add_argument("--no-eval", action="store_true", help="skip the mAP evaluations")
     p.add_argument("--latency-runs", type=positive_int, default=20, help="timed forward passes per model")
+    p.add_argument("--layers", type=nonneg_int, default=0, metavar="N", help="first remove the N least "
+                   "important residual blocks (layer pruning, as layer_prune_yolov5s.py --shortcuts N), then "
+                   "prune channels of the result; a target then refers to the layer-pruned model")
+    _add_block_flags(p)
     p.set_defaults(strategy=s.name, **({} if s.uses_layer_keep else {"layer_keep": 0.0}))
     return p
 
@@ -141,6 +148,8 @@ def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, s: Strateg
         p.error(f"give either --target-{targets[0]} or --target-{targets[1]}, not both (one target per run)")
     if targets and args.percent is not None:
         p.error(f"give either {s.ratio_flag} or --target-{targets[0]}, not both")
+    if not args.layers and (args.allow_empty or args.importance != "rms"):
+        p.error("--allow-empty and --importance choose the residual blocks of --layers N; give --layers too")
     _check_latency_args(p, args, targets[0] if targets else None)
 
 
@@ -460,10 +469,13 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     if bench is not None:
         check_runtime(bench)  # a missing runtime package ends the run before any work
     data = _data_config(args, model)  # before any pruning work: the classes must match
+    source = model
+    layered, ckpt = _layer_step(args, model, ckpt)  # --layers N: blocks first, then channels of the result
+    model = layered.model if layered is not None else model
     graph = analyse(model.to_cfg())
     options = _options(args, s, None)
     prunable = graph.prunable(s, options.extra)
-    warning = sparsity_warning(ckpt.get("history") or [], s, str(args.weights), prunable)
+    warning = sparsity_warning(renumber_history(ckpt.get("history") or []), s, str(args.weights), prunable)
     if warning:
         print(f"WARNING: {warning}")
     if args.sweep is None:
@@ -490,6 +502,9 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     print(layer_table(rows))
     print(metric_table(figures, bench.describe() if bench is not None else str(device)))
     entry = _history_entry(args, options, target, result, figures, prune_s, latency)
+    if layered is not None:
+        ckpt["history"][-1]["figures"] = _layer_figures(args, data, source, layered)
+        entry["settings"]["layers"] = args.layers
     _write_outputs(paths, ckpt, result, entry, rows, args)
     return 0
 
@@ -513,7 +528,8 @@ def _latency_record(figures: dict[str, Any], bench: Bench | None, latency: dict 
 
 def _checked_paths(args: argparse.Namespace, s: Strategy, options: PruneOptions) -> dict[str, Path]:
     """The output paths of ``options``' ratio, refused when they would overwrite an input or cannot be written."""
-    paths = output_paths(args.weights, args.cfg, s.file_prefix(options.ratio, options.layer_keep), args.out_dir)
+    prefix = s.file_prefix(options.ratio, options.layer_keep) + (layer_prefix(args.layers) if args.layers else "")
+    paths = output_paths(args.weights, args.cfg, prefix, args.out_dir)
     _refuse_overwrite(paths, [args.weights, args.cfg, args.data])
     _check_writable(paths)
     return paths
@@ -611,3 +627,124 @@ def _history_entry(args: argparse.Namespace, options: PruneOptions, target: dict
         "masks": {str(i): [bool(v) for v in m.tolist()] for i, m in sorted(p.masks.items())},
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+# ------------------------------------------------------------------------------------ layer pruning
+def _add_block_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the residual-block choice (layer_prune_yolov5s.py and the combined ``--layers`` mode)."""
+    p.add_argument("--allow-empty", action="store_true", help="let a C3 module lose all its residual "
+                   "blocks (default: each keeps its most important one)")
+    p.add_argument("--importance", choices=list(STATISTICS), default="rms",
+                   help="block importance from the |gamma| of the block's last conv, whose output the residual "
+                   "add receives: rms (default; grows with the change removing the block makes), mean or max")
+
+
+def build_layer_parser() -> argparse.ArgumentParser:
+    """The command line of layer_prune_yolov5s.py (the common flags of the prune scripts)."""
+    p = argparse.ArgumentParser(description="Layer pruning: remove the least important residual blocks "
+                                "(the bottlenecks inside C3 modules).")
+    p.add_argument("--cfg", default=None, help="model .cfg/.yaml; must match the checkpoint "
+                   "(default: the checkpoint's own cfg)")
+    p.add_argument("--data", default=None, help="dataset .yaml or .data (default: the built-in dataset)")
+    p.add_argument("--weights", default=get_strategy("3").default_weights,
+                   help="sparsity-trained checkpoint (ours or upstream .pt)")
+    p.add_argument("--img_size", "--img-size", "--img", dest="img_size", type=int, default=640,
+                   help="evaluation, FLOPs and latency image size (rounded up to the model's stride)")
+    p.add_argument("--shortcuts", type=positive_int, default=None, metavar="N",
+                   help="remove the N least important residual blocks")
+    p.add_argument("--target-flops", type=_target, default=None, help="instead of --shortcuts: remove the "
+                   "fewest blocks that keep at most this fraction of the FLOPs")
+    _add_block_flags(p)
+    p.add_argument("--device", default="", help="cuda device (0, 0,1) or cpu")
+    p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=16,
+                   help="evaluation batch size")
+    p.add_argument("--workers", type=nonneg_int, default=2, help="evaluation data loader workers")
+    p.add_argument("--out-dir", default=None, help="write cfg, weights and report here instead of "
+                   "beside the inputs")
+    p.add_argument("--no-eval", action="store_true", help="skip the mAP evaluations")
+    p.add_argument("--latency-runs", type=positive_int, default=20, help="timed forward passes per model")
+    return p
+
+
+def run_layers(argv: Sequence[str] | None = None) -> int:
+    """Run layer_prune_yolov5s.py; returns the exit status (errors raise, as in :func:`run`)."""
+    parser = build_layer_parser()
+    args = parser.parse_args(argv)
+    if (args.shortcuts is None) == (args.target_flops is None):
+        parser.error("give either --shortcuts N or --target-flops F (one of the two)")
+    device = select_device(args.device)
+    ckpt, model = _load(args, device)
+    args.img_size = check_img_size(args.img_size, int(max(model.cfg.strides or [32])), "--img_size")[0]
+    data = _data_config(args, model)
+    warning = sparsity_note(ckpt.get("history") or [], str(args.weights), find_blocks(model.to_cfg()))
+    if warning:
+        print(f"WARNING: {warning}")
+    target = None
+    if args.target_flops is not None:
+        n, got = search_shortcuts(model.to_cfg(), model.state_dict(), args.target_flops, args.img_size,
+                                  args.allow_empty, args.importance)
+        print(f"--target-flops {args.target_flops}: chose --shortcuts {n} "
+              f"(keeps {got:.4f} of the FLOPs at {args.img_size} px)")
+        args.shortcuts, target = n, {"metric": "flops", "target": args.target_flops, "achieved": got}
+    paths = output_paths(args.weights, args.cfg, layer_prefix(args.shortcuts), args.out_dir)
+    _refuse_overwrite(paths, [args.weights, args.cfg, args.data])  # before any expensive work
+    _check_writable(paths)
+    result = _layer_prune(args, model, args.shortcuts, "--shortcuts")
+    entry = history_entry(result, args.weights, _layer_settings(args, target),
+                          _layer_figures(args, data, model, result), result.timings["total"])
+    _write_layer_outputs(paths, ckpt, result, entry, args)
+    return 0
+
+
+def _layer_prune(args: argparse.Namespace, model: Darknet, n: int, flag: str) -> LayerResult:
+    """Remove ``n`` blocks (verified) and print the block table."""
+    result = layer_prune(model, n, args.allow_empty, args.importance, flag=flag)
+    print(block_table(block_rows(result), result.statistic))
+    v = result.verification
+    print(f"layer pruning: removed {len(result.removed)} of {len(result.blocks)} residual blocks; verified: "
+          f"compact == absorbed at {v['img_size']} px (max relative difference {v['max_rel_diff']:.2e}); "
+          f"took {result.timings['total']:.3f} s")
+    return result
+
+
+def _layer_step(args: argparse.Namespace, model: Darknet, ckpt: dict) -> tuple[LayerResult | None, dict]:
+    """The combined mode (``--layers N``): the blocks removed first, and ``ckpt`` with the step in its
+    history (its figures are added after the channel step); (None, ckpt) without ``--layers``."""
+    if not args.layers:
+        return None, ckpt
+    layered = _layer_prune(args, model, args.layers, "--layers")
+    entry = history_entry(layered, args.weights, _layer_settings(args, None), {}, layered.timings["total"])
+    return layered, {**ckpt, "history": list(ckpt.get("history") or []) + [entry]}
+
+
+def _layer_settings(args: argparse.Namespace, target: dict | None) -> dict:
+    return {"allow_empty": bool(args.allow_empty), "importance": args.importance, "target": target,
+            "img_size": args.img_size, "cfg": args.cfg, "data": args.data}
+
+
+def _layer_figures(args: argparse.Namespace, data: DataConfig | None, model: Darknet,
+                   result: LayerResult) -> dict[str, Any]:
+    """mAP of the original, masked (removed blocks' last-conv gammas zeroed) and compact models,
+    parameters, FLOPs and latency; printed as the metric table."""
+    figures = _figures(args, data, model, result)
+    print(f"layer pruning ({len(result.removed)} residual blocks removed):")
+    print(metric_table(figures, str(next(model.parameters()).device)))
+    return figures
+
+
+def _write_layer_outputs(paths: dict[str, Path], ckpt: dict, result: LayerResult, entry: dict,
+                         args: argparse.Namespace) -> None:
+    """Layer-pruned cfg, checkpoint (history += entry), JSON report and block chart, all-or-nothing."""
+    history = list(ckpt.get("history") or []) + [entry]
+    rows = block_rows(result)
+    report = {**entry, "outputs": {k: str(v) for k, v in paths.items()}, "blocks": rows}
+    title = f"layer pruning, {len(result.removed)} residual blocks removed: {Path(args.weights).name}"
+    kinds = ("cfg", "weights", "json", "png")
+    with staged_outputs([paths[k] for k in kinds]) as staged:
+        tmp = {k: staged[paths[k]] for k in kinds}
+        tmp["cfg"].write_text(format_cfg(result.model.to_cfg()))
+        save_checkpoint(tmp["weights"], ckpt=make_checkpoint(result.model, history=history, opt=vars(args)))
+        write_json(tmp["json"], report)
+        plot_blocks(rows, tmp["png"], title)
+    for kind in kinds:
+        print(f"wrote {paths[kind]}")

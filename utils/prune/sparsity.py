@@ -1,13 +1,22 @@
 """Network-Slimming sparsity: the L1 penalty on BatchNorm scale factors (gamma) and its statistics.
 
-The penalty ``s * sum |gamma|`` over the prunable layers is applied as its subgradient: once per
-optimizer step, on the live training modules (after AMP unscaling and gradient clipping),
-``grad(gamma) += k * s * sign(gamma)``. By default ``k`` is the number of accumulated micro-batches,
-which reproduces the original method's per-iteration update. The detection loss is a sum over the
-images of a step, so with that default the penalty's weight relative to the data term is about
-``s / batch_size``: halving the batch doubles the sparsifying pressure. ``per_image=True``
-(``--sr-per-image``) uses ``k = images in the step / 16`` instead, which equals the default at batch
-16 and keeps the strength independent of batch size and accumulation.
+The penalty ``s * sum |gamma|`` over the prunable layers is applied once per optimizer step, on the
+live training modules, in one of two forms (``SparsityHook.form``):
+
+* ``"gradient"`` (SGD, the original method): its subgradient ``k * s * sign(gamma)`` is added to the
+  gradient after AMP unscaling and gradient clipping, right before the step.
+* ``"decoupled"`` (Adam/AdamW): Adam divides every gradient by its running magnitude, so a penalty
+  added to the gradient would shrink each gamma with a small data gradient by about ``lr`` per step
+  whatever ``s`` is. Instead, like AdamW's decoupled weight decay, after the step each gamma gets the
+  proximal soft-threshold of the L1 term: ``gamma <- sign(gamma) * max(|gamma| - lr * k * s, 0)``,
+  with ``lr`` the current learning rate of the gamma's parameter group.
+
+``k`` is the number of accumulated micro-batches by default, which reproduces the original method's
+per-iteration update. The detection loss is a sum over the images of a step, so with that default the
+penalty's weight relative to the data term is about ``s / batch_size``: halving the batch doubles the
+sparsifying pressure. ``per_image=True`` (``--sr-per-image``) uses ``k = images in the step / 16``
+instead, which equals the default at batch 16 and keeps the strength independent of batch size and
+accumulation.
 """
 from __future__ import annotations
 
@@ -18,13 +27,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
+from terminaltables import AsciiTable
 
+from utils.engine import Hook
+from utils.plots import plot_gamma_boxes, plot_gamma_histograms
 from utils.torch_utils import de_parallel
 
-__all__ = ["SparsityHook", "bn_gammas", "gamma_stats", "safe_prune_ratio", "quantile_table",
-           "SparsityLogger", "REFERENCE_BATCH"]
+from .masks import safe_ratio
+from .report import gamma_quantiles
+
+__all__ = ["SparsityHook", "SparsityLogger", "bn_gammas", "gamma_stats", "quantile_table", "sparsity_form",
+           "REFERENCE_BATCH", "FORMS"]
 
 REFERENCE_BATCH = 16  # batch size at which --sr-per-image equals the default strength
+FORMS = ("gradient", "decoupled")
+TABLE_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+def sparsity_form(optimizer: str) -> str:
+    """The penalty form that is correct for ``--optimizer``: SGD -> gradient, Adam/AdamW -> decoupled."""
+    return "gradient" if optimizer == "SGD" else "decoupled"
 
 
 def _bn(model: nn.Module, i: int) -> nn.Module:
@@ -36,21 +58,8 @@ def bn_gammas(model: nn.Module, layers: list[int]) -> list[torch.Tensor]:
     return [_bn(model, i).weight.detach().abs().float().cpu() for i in layers]
 
 
-def safe_prune_ratio(gammas: list[torch.Tensor]) -> float:
-    """Largest global prune ratio at which no layer loses all its channels.
-
-    A global threshold above the smallest per-layer maximum |gamma| empties that layer; the ratio is
-    the share of all gammas strictly below that value.
-    """
-    if not gammas:
-        return 0.0
-    flat = torch.cat([g.flatten() for g in gammas])
-    limit = min(float(g.max()) for g in gammas)
-    return float((flat < limit).sum()) / flat.numel()
-
-
 def gamma_stats(gammas: list[torch.Tensor]) -> dict[str, float]:
-    """Mean |gamma|, shares below 0.01 and 0.001, and the safe prune ratio."""
+    """Mean |gamma|, shares below 0.01 and 0.001, and the safe prune ratio (utils.prune.masks)."""
     if not gammas:
         return {"gamma_mean": 0.0, "gamma_lt_0.01": 0.0, "gamma_lt_0.001": 0.0, "safe_ratio": 0.0}
     flat = torch.cat([g.flatten() for g in gammas])
@@ -58,24 +67,21 @@ def gamma_stats(gammas: list[torch.Tensor]) -> dict[str, float]:
         "gamma_mean": float(flat.mean()),
         "gamma_lt_0.01": float((flat < 0.01).float().mean()),
         "gamma_lt_0.001": float((flat < 0.001).float().mean()),
-        "safe_ratio": safe_prune_ratio(gammas),
+        "safe_ratio": safe_ratio(dict(enumerate(gammas)), range(len(gammas))),
     }
 
 
 def quantile_table(gammas: list[torch.Tensor], title: str) -> str:
-    """Terminal table of |gamma| quantiles over all regularised layers."""
-    from terminaltables import AsciiTable
-    flat = torch.cat([g.flatten() for g in gammas]) if gammas else torch.zeros(1)
-    qs = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0]
-    values = torch.quantile(flat, torch.tensor(qs)).tolist()
-    rows = [["quantile"] + [f"{q:.0%}" for q in qs], ["|gamma|"] + [f"{v:.4g}" for v in values]]
-    table = AsciiTable(rows, title)
-    return table.table
+    """Terminal table of |gamma| quantiles (utils.prune.report.gamma_quantiles) over the layers."""
+    values = gamma_quantiles(gammas or [torch.zeros(1)], TABLE_QUANTILES)
+    rows = [["quantile"] + [f"{q:.0%}" for q in TABLE_QUANTILES],
+            ["|gamma|"] + [f"{v:.4g}" for v in values.values()]]
+    return AsciiTable(rows, title).table
 
 
 @dataclass
-class SparsityHook:
-    """``after_backward`` seam of the training engine: adds the L1 subgradient to BN gammas.
+class SparsityHook(Hook):
+    """The L1 penalty as a training-engine hook (``after_backward`` or ``after_step``, see ``form``).
 
     ``schedule``: ``constant`` (s throughout), ``global`` (s * decay_factor after decay_frac of the
     epochs), ``local`` (after decay_frac, the channels with the largest |gamma| - the top
@@ -91,6 +97,7 @@ class SparsityHook:
     per_image: bool = False
     epochs: int = 1
     epoch: int = 0
+    form: str = "gradient"
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -98,6 +105,8 @@ class SparsityHook:
             raise ValueError(f"--scale {self.scale}: the sparsity strength must be >= 0")
         if self.schedule not in ("constant", "global", "local"):
             raise ValueError(f"--sr-schedule {self.schedule}: use constant, global or local")
+        if self.form not in FORMS:
+            raise ValueError(f"sparsity form {self.form!r}: use one of {', '.join(FORMS)}")
 
     def decayed(self, epoch: int | None = None) -> bool:
         """Whether the decay of the global/local schedules is active at ``epoch``."""
@@ -110,34 +119,64 @@ class SparsityHook:
             return self.scale * self.decay_factor
         return self.scale
 
-    @torch.no_grad()
-    def apply(self, model: nn.Module, n_micro: int = 1, n_images: int = REFERENCE_BATCH) -> None:
-        """grad(gamma) += k * s * sign(gamma) for every regularised, trainable gamma."""
-        k = n_images / REFERENCE_BATCH if self.per_image else n_micro
+    def _params(self, model: nn.Module) -> list[torch.Tensor]:
         params = [_bn(model, i).weight for i in self.layers]
-        params = [p for p in params if p.requires_grad]
-        if not params:
-            return
-        if self.schedule == "local" and self.decayed():
+        return [p for p in params if p.requires_grad]
+
+    def step_strengths(self, params: list[torch.Tensor], n_micro: int, n_images: int) -> list[torch.Tensor]:
+        """Per-element ``k * s`` for each parameter this optimizer step (schedule and scaling applied)."""
+        k = n_images / REFERENCE_BATCH if self.per_image else n_micro
+        local = self.schedule == "local" and self.decayed()
+        if local:
             flat = torch.cat([p.detach().abs().flatten() for p in params])
             idx = min(int(len(flat) * self.local_keep), len(flat) - 1)
             theta = flat.sort().values[idx]
+        out = []
         for p in params:
+            s = torch.full_like(p, self.strength())
+            if local:
+                s = torch.where(p.detach().abs() >= theta, s * self.decay_factor, s)
+            out.append(k * s)
+        return out
+
+    @torch.no_grad()
+    def apply(self, model: nn.Module, n_micro: int = 1, n_images: int = REFERENCE_BATCH) -> None:
+        """Gradient form: grad(gamma) += k * s * sign(gamma) for every regularised, trainable gamma."""
+        params = self._params(model)
+        if not params:
+            return
+        for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            s = torch.full_like(p, self.strength())
-            if self.schedule == "local" and self.decayed():
-                s = torch.where(p.detach().abs() >= theta, s * self.decay_factor, s)
-            p.grad.add_(k * s * torch.sign(p.detach()))
+            p.grad.add_(s * torch.sign(p.detach()))
         self.applied += 1
 
-    # engine seams
-    def __call__(self, trainer, n_micro: int, n_images: int) -> None:
-        self.epoch = trainer.epoch
-        self.apply(trainer.model, n_micro, n_images)
+    @torch.no_grad()
+    def apply_decoupled(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_micro: int = 1,
+                        n_images: int = REFERENCE_BATCH) -> None:
+        """Decoupled form: gamma <- sign(gamma) * max(|gamma| - lr_group * k * s, 0) after the step."""
+        params = self._params(model)
+        if not params:
+            return
+        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
+            threshold = lr[id(p)] * s
+            p.copy_(torch.sign(p) * (p.abs() - threshold).clamp_(min=0))
+        self.applied += 1
+
+    # engine hooks
+    def after_backward(self, trainer, n_micro: int, n_images: int) -> None:
+        if self.form == "gradient":
+            self.epoch = trainer.epoch
+            self.apply(trainer.model, n_micro, n_images)
+
+    def after_step(self, trainer, n_micro: int, n_images: int) -> None:
+        if self.form == "decoupled" and trainer.stepped:
+            self.epoch = trainer.epoch
+            self.apply_decoupled(trainer.model, trainer.optimizer, n_micro, n_images)
 
 
-class SparsityLogger:
+class SparsityLogger(Hook):
     """Per-epoch gamma statistics (results.csv columns, progress line), plots and tables."""
 
     def __init__(self, layers: list[int], save_dir: Path):
@@ -147,7 +186,7 @@ class SparsityLogger:
         self.first: list[torch.Tensor] | None = None
         self.tb = None
 
-    def start(self, trainer) -> None:
+    def before_train(self, trainer) -> None:
         g = bn_gammas(trainer.model, self.layers)
         self.first = g
         self.snapshots.append((-1, torch.cat(g).numpy()))
@@ -161,7 +200,7 @@ class SparsityLogger:
         except Exception:  # tensorboard not installed
             self.tb = None
 
-    def epoch_end(self, trainer, epoch: int, row: dict) -> None:
+    def after_epoch(self, trainer, epoch: int, row: dict) -> None:
         g = bn_gammas(trainer.model, self.layers)
         stats = gamma_stats(g)
         row.update({f"sparsity/{k}": v for k, v in stats.items()})
@@ -170,14 +209,13 @@ class SparsityLogger:
         if self.tb is not None:
             self.tb.add_histogram("bn_weights/hist", torch.cat(g).numpy(), epoch, bins="doane")
 
-    def end(self, trainer) -> None:
+    def after_train(self, trainer) -> None:
         g = bn_gammas(trainer.model, self.layers)
         print(quantile_table(g, " |gamma| after training "))
         if self.tb is not None:
             for i, gi in zip(self.layers, g):
                 self.tb.add_histogram("after_train_perlayer_bn_weights/hist", gi.numpy(), i, bins="doane")
             self.tb.close()
-        from utils.plots import plot_gamma_boxes, plot_gamma_histograms
         plot_gamma_histograms(self.snapshots, self.save_dir / "gamma_hist.png")
         plot_gamma_boxes(self.first or g, g, self.layers, self.save_dir / "gamma_layers.png")
 

@@ -1,0 +1,450 @@
+"""The stages of the accuracy-latency frontier benchmark: the plan (pure data) and its resumable runner.
+
+A stage is one command of the project's CLIs (``train.py``, ``train_sparsity.py``, the prune scripts,
+``prune_finetune.py``, ``val.py``, ``benchmarks/frontier_tp.py``) that writes ``<root>/<stage>/``;
+when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command, wall time, date
+and a fingerprint of the command and of everything upstream of it). A stage whose marker has the
+planned fingerprint is skipped; any other stage folder (a crash, or a run with other settings)
+is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold two placeholders resolved
+when the stage starts: ``{teacher}`` (the unpruned yolov5s checkpoint with the best val mAP) and
+``{pruned:<stage>}`` (the checkpoint a prune stage wrote).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from fnmatch import fnmatch
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PIPELINE_SCRIPT = ROOT / "scripts" / "run_pipeline.sh"
+DONE = "frontier_done.json"
+
+# The option sets of "ours": name -> extra prune flags. One place: add a set here (e.g. a future
+# --latency-aware) and every strategy, FLOPs point and finetuning mode gets its rows.
+OPTION_SETS: dict[str, tuple[str, ...]] = {
+    "default": (),
+    "latency": ("--cost-aware", "--round-to", "16", "--include-upsample", "--include-sppf"),
+}
+# prune flags that widen the set of prunable convs: the sparsity training must regularise them too
+SPARSITY_SHARED = ("--include-upsample", "--include-sppf")
+# the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
+PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
+# pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get)
+PIPELINE_VARS = {"BATCH": "batch", "NBS": "nbs", "OPTIMIZER": "optimizer", "SCALE": "scale",
+                 "LAYER_KEEP": "layer_keep", "HYP": "hyp", "FT_HYP": "ft_hyp", "IMG": "img", "DATA": "data"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Epochs of each phase; every frontier model gets ``total`` epochs of training in all."""
+
+    base: int       # yolov5s from scratch: the baseline that pruning starts from
+    sparse: int     # sparsity training (ours and Torch-Pruning's regulariser)
+    finetune: int   # finetuning of the pruned models
+
+    @property
+    def total(self) -> int:
+        return self.base + self.sparse + self.finetune
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the plan depends on (recorded in the report)."""
+
+    budget: Budget
+    img: int = 160
+    batch: int = 16
+    nbs: int = 16
+    optimizer: str = "AdamW"
+    scale: float = 0.003
+    layer_keep: float = 0.01
+    hyp: str = "data/hyps/hyp.scratch-low.yaml"
+    ft_hyp: str = "data/hyps/hyp.finetune.yaml"
+    data: str = "data/builtin.yaml"
+    cfg: str = "models/yolov5s.yaml"
+    small_cfg: str = "models/yolov5n.yaml"
+    flops: tuple[float, ...] = (0.7, 0.5, 0.3)
+    strategies: tuple[str, ...] = ("3", "8x")
+    option_sets: tuple[str, ...] = tuple(OPTION_SETS)
+    seeds: tuple[int, ...] = (0,)
+    torch_pruning: bool = True
+    max_train_images: int = 0
+    workers: int = 1
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One command of the plan; ``row`` is set on the stages whose model is a frontier point."""
+
+    name: str
+    kind: str                       # train | sparsity | prune | finetune | eval
+    cmd: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    epochs: int = 0
+    cost: float = 0.0               # per-epoch cost relative to a yolov5s epoch (time estimates)
+    weights: str = ""               # the model the stage produces, relative to the stage folder
+    row: dict = field(default_factory=dict)
+    exclusive: bool = False         # runs alone even with --parallel (it measures latency)
+
+
+# ------------------------------------------------------------------------------------ settings
+def pipeline_defaults(text: str | None = None) -> dict[str, str]:
+    """The full-run defaults of ``scripts/run_pipeline.sh`` (``VAR=${VAR:-value}``; the last
+    assignment wins, which is the non-QUICK branch), for the variables in PIPELINE_VARS."""
+    text = PIPELINE_SCRIPT.read_text() if text is None else text
+    found: dict[str, str] = {}
+    for name, value in re.findall(r"\b([A-Z_]+)=\$\{\1:?-([^}]*)\}", text):
+        if name in PIPELINE_VARS and value:
+            found[PIPELINE_VARS[name]] = value
+    return found
+
+
+def settings_from_pipeline(budget: Budget, **overrides) -> Settings:
+    """Settings with the pipeline's defaults, then ``overrides`` (None values ignored)."""
+    types = {"batch": int, "nbs": int, "img": int, "scale": float, "layer_keep": float}
+    base = {k: types.get(k, str)(v) for k, v in pipeline_defaults().items()}
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(budget=budget, **base)
+
+
+# ------------------------------------------------------------------------------------ width models
+def width_yaml(cfg: str | Path, width: float) -> str:
+    """The yaml text of ``cfg`` with its width_multiple replaced (a comment says where it came from)."""
+    doc = yaml.safe_load(Path(cfg).read_text())
+    doc["width_multiple"] = round(float(width), 4)
+    return f"# {Path(cfg).name} with width_multiple {doc['width_multiple']} (frontier benchmark)\n" + \
+        yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
+
+
+def width_for_flops(flops_of: Callable[[float], float], target: float, lo: float = 0.05, hi: float = 1.0,
+                    steps: int = 14) -> float:
+    """The width multiple whose FLOPs fraction (``flops_of(w)``, increasing in w) is closest to
+    ``target`` (channels round to multiples of 8, so FLOPs move in steps)."""
+    seen: dict[float, float] = {}
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        seen[mid] = flops_of(mid)
+        lo, hi = (mid, hi) if seen[mid] < target else (lo, mid)
+    return min(seen, key=lambda w: (abs(seen[w] - target), w))
+
+
+# ------------------------------------------------------------------------------------ the plan
+def _train_flags(s: Settings, epochs: int, hyp: str, seed: int) -> list[str]:
+    flags = ["--img", str(s.img), "--batch", str(s.batch), "--nbs", str(s.nbs), "--optimizer", s.optimizer,
+             "--data", s.data, "--epochs", str(epochs), "--hyp", hyp, "--seed", str(seed),
+             "--workers", str(s.workers)]
+    return flags + (["--max-train-images", str(s.max_train_images)] if s.max_train_images else [])
+
+
+def _out(root: Path, name: str) -> list[str]:
+    return ["--project", str(root), "--name", name, "--exist-ok"]
+
+
+def _fmt(f: float) -> str:
+    return f"{f:g}"
+
+
+def scratch_stages(s: Settings, root: Path, widths: dict[float, str], costs: dict[str, float]) -> list[Stage]:
+    """The pretraining baseline and every model trained from scratch for the whole budget."""
+    py = sys.executable
+    base = Stage("base", "train", (py, "train.py", "--cfg", s.cfg, "--weights", "",
+                                   *_train_flags(s, s.budget.base, s.hyp, 0), *_out(root, "base")),
+                 epochs=s.budget.base, cost=1.0, weights="weights/best.pt",
+                 row={"method": "pretrained baseline", "label": f"yolov5s, pretraining only ({s.budget.base} epochs)",
+                      "epochs": s.budget.base, "reference": False})
+    out = [base]
+    models = [("s", s.cfg, "yolov5s", None), ("n", s.small_cfg, "yolov5n", None)]
+    models += [(f"w{_fmt(f)}", cfg, f"yolov5s width {Path(cfg).stem.split('_w')[-1]}", f) for f, cfg in widths.items()]
+    for key, cfg, label, point in models:
+        for seed in s.seeds:
+            name = f"scratch_{key}_s{seed}"
+            out.append(Stage(name, "train", (py, "train.py", "--cfg", cfg, "--weights", "",
+                                             *_train_flags(s, s.budget.total, s.hyp, seed), *_out(root, name)),
+                             epochs=s.budget.total, cost=costs.get(key, 1.0), weights="weights/best.pt",
+                             row={"method": "trained from scratch", "label": label, "seed": seed, "point": point,
+                                  "epochs": s.budget.total, "reference": key == "s"}))
+    return out
+
+
+def ours_stages(s: Settings, root: Path) -> list[Stage]:
+    """Sparsity training per option set, then per strategy and FLOPs point: prune, finetune
+    (plain and distilled from the best unpruned model), every seed."""
+    py = sys.executable
+    base_w = str(root / "base" / "weights" / "best.pt")
+    teachers = ("base", *[f"scratch_s_s{seed}" for seed in s.seeds])
+    out: list[Stage] = []
+    for opt_name in s.option_sets:
+        opts = OPTION_SETS[opt_name]
+        sparse = f"sparse_{opt_name}"
+        shared = [f for f in SPARSITY_SHARED if f in opts]
+        out.append(Stage(sparse, "sparsity", (py, "train_sparsity.py", "--weights", base_w,
+                                              *_train_flags(s, s.budget.sparse, s.ft_hyp, 0), "-sr",
+                                              "--scale", str(s.scale), "--prune", "1", *shared, *_out(root, sparse)),
+                         needs=("base",), epochs=s.budget.sparse, cost=1.0, weights="weights/last.pt"))
+        for strategy in s.strategies:
+            for point in s.flops:
+                prune = f"prune_{strategy}_{opt_name}_f{_fmt(point)}"
+                out.append(Stage(prune, "prune", (
+                    py, PRUNE_SCRIPTS[strategy], "--weights", str(root / sparse / "weights" / "last.pt"),
+                    "--data", s.data, "--img_size", str(s.img), "--layer_keep", str(s.layer_keep),
+                    "--target-flops", _fmt(point), *opts, "--no-eval", "--workers", "0",
+                    "--out-dir", str(root / prune)), needs=(sparse,), exclusive="--cost-aware" in opts))
+                method = f"ours {strategy} {opt_name}"
+                for mode in ("plain", "distill"):
+                    for seed in s.seeds:
+                        name = f"ft_{strategy}_{opt_name}_f{_fmt(point)}_{mode}_s{seed}"
+                        extra = ("--distill", "--t_weights", "{teacher}") if mode == "distill" else ()
+                        out.append(Stage(name, "finetune", (
+                            py, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
+                            *_train_flags(s, s.budget.finetune, s.ft_hyp, seed), *extra, *_out(root, name)),
+                            needs=(prune, *(teachers if mode == "distill" else ())), epochs=s.budget.finetune,
+                            cost=point * (1.6 if mode == "distill" else 1.0) + 0.15, weights="weights/best.pt",
+                            row={"method": method + (" + distill" if mode == "distill" else ""),
+                                 "label": f"{method}, {'distilled' if mode == 'distill' else 'plain'}",
+                                 "seed": seed, "point": point, "epochs": s.budget.total}))
+    return out
+
+
+def tp_stages(s: Settings, root: Path) -> list[Stage]:
+    """Torch-Pruning: its regulariser for the sparsity epochs, pruned to each point, finetuned plain."""
+    py, tp = sys.executable, str(ROOT / "benchmarks" / "frontier_tp.py")
+    out = [Stage("tp_sparse", "sparsity", (py, tp, "sparsity", "--weights", str(root / "base" / "weights" / "best.pt"),
+                                           *_train_flags(s, s.budget.sparse, s.ft_hyp, 0), "--reg", str(s.scale),
+                                           *_out(root, "tp_sparse")),
+                 needs=("base",), epochs=s.budget.sparse, cost=1.0, weights="weights/last.pt")]
+    for point in s.flops:
+        prune = f"tp_prune_f{_fmt(point)}"
+        out.append(Stage(prune, "prune", (py, tp, "prune", "--weights", str(root / "tp_sparse" / "weights" / "last.pt"),
+                                          "--target-flops", _fmt(point), "--img", str(s.img),
+                                          "--out", str(root / prune / "pruned.pt")), needs=("tp_sparse",)))
+        for seed in s.seeds:
+            name = f"tp_ft_f{_fmt(point)}_plain_s{seed}"
+            out.append(Stage(name, "finetune", (py, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
+                                                *_train_flags(s, s.budget.finetune, s.ft_hyp, seed),
+                                                *_out(root, name)),
+                             needs=(prune,), epochs=s.budget.finetune, cost=point + 0.15, weights="weights/best.pt",
+                             row={"method": "Torch-Pruning BNScalePruner", "label": "Torch-Pruning BNScalePruner, plain",
+                                  "seed": seed, "point": point, "epochs": s.budget.total}))
+    return out
+
+
+def eval_stages(s: Settings, root: Path, stages: Sequence[Stage]) -> list[Stage]:
+    """``val.py --task test`` for every frontier model."""
+    out = []
+    for st in stages:
+        if not st.row:
+            continue
+        name = f"eval_{st.name}"
+        out.append(Stage(name, "eval", (sys.executable, "val.py", "--weights", str(root / st.name / st.weights),
+                                        "--data", s.data, "--img", str(s.img), "--task", "test", "--batch-size", "32",
+                                        "--no-plots", *_out(root, name)), needs=(st.name,), weights="metrics.json"))
+    return out
+
+
+def build_plan(s: Settings, root: Path, widths: dict[float, str], costs: dict[str, float]) -> list[Stage]:
+    """Every stage in a valid order (each after the stages it needs)."""
+    stages = scratch_stages(s, root, widths, costs) + ours_stages(s, root)
+    if s.torch_pruning:
+        stages += tp_stages(s, root)
+    stages += eval_stages(s, root, stages)
+    check_plan(stages)
+    return stages
+
+
+def check_plan(stages: Sequence[Stage]) -> None:
+    """Names unique, every need an earlier stage (the order is a valid schedule)."""
+    seen: set[str] = set()
+    for st in stages:
+        if st.name in seen:
+            raise ValueError(f"stage {st.name} planned twice")
+        missing = [n for n in st.needs if n not in seen]
+        if missing:
+            raise ValueError(f"stage {st.name} needs {missing}, which are not planned before it")
+        seen.add(st.name)
+
+
+def select(stages: Sequence[Stage], patterns: Iterable[str]) -> list[Stage]:
+    """The stages matching any glob in ``patterns`` and everything they need (plan order)."""
+    by_name = {st.name: st for st in stages}
+    want: set[str] = set()
+    todo = [st.name for st in stages if any(fnmatch(st.name, p) for p in patterns)]
+    while todo:
+        name = todo.pop()
+        if name not in want:
+            want.add(name)
+            todo.extend(by_name[name].needs)
+    return [st for st in stages if st.name in want]
+
+
+def estimate_seconds(stages: Sequence[Stage], epoch_s: float, other_s: dict[str, float]) -> float:
+    """Predicted serial wall time: training epochs x cost x ``epoch_s`` (one yolov5s epoch,
+    validation included), plus a fixed time per other stage kind."""
+    return sum(st.epochs * st.cost * epoch_s if st.epochs else other_s.get(st.kind, 0.0) for st in stages)
+
+
+# ------------------------------------------------------------------------------------ running
+def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
+    """Per stage a hash of its command (without the interpreter) and of the fingerprints of the
+    stages it needs: a changed setting changes the stage and everything downstream of it."""
+    out: dict[str, str] = {}
+    for st in stages:  # plan order: every need comes first
+        text = json.dumps([list(st.cmd[1:]), [out.get(n, n) for n in st.needs]])
+        out[st.name] = hashlib.sha1(text.encode()).hexdigest()[:16]
+    return out
+
+
+def _marker(root: Path, name: str) -> dict | None:
+    path = root / name / DONE
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None  # a marker cut short: the stage counts as unfinished
+
+
+def done_stages(stages: Sequence[Stage], root: Path) -> set[str]:
+    """The stages finished with the planned command and inputs (their marker's fingerprint
+    matches); a stage run with other settings, or after its inputs changed, is not done."""
+    fps = fingerprints(stages)
+    return {st.name for st in stages if (_marker(root, st.name) or {}).get("fingerprint") == fps[st.name]}
+
+
+def is_done(root: Path, stage: Stage, stages: Sequence[Stage] | None = None) -> bool:
+    """Whether ``stage`` (within the plan ``stages``, default: itself alone) is done."""
+    return stage.name in done_stages(list(stages) if stages is not None else [stage], root)
+
+
+def stage_walls(stages: Sequence[Stage], root: Path) -> dict[str, float]:
+    """Wall seconds of every finished stage, from the done-markers (earlier invocations included)."""
+    return {name: float(_marker(root, name)["wall_s"]) for name in sorted(done_stages(stages, root))}
+
+
+def find_pruned(folder: Path) -> Path:
+    """The pruned checkpoint a prune stage wrote (``pruned.pt`` or the prune script's ``prune_*.pt``)."""
+    if (folder / "pruned.pt").is_file():
+        return folder / "pruned.pt"
+    found = sorted(folder.glob("prune_*.pt"), key=os.path.getmtime)
+    if not found:
+        raise FileNotFoundError(f"{folder}: no pruned checkpoint (prune_*.pt); rerun its stage")
+    return found[-1]
+
+
+def resolve(cmd: Sequence[str], root: Path, teacher: Callable[[], str]) -> list[str]:
+    """The command with its placeholders filled in."""
+    out = []
+    for arg in cmd:
+        if arg == "{teacher}":
+            arg = teacher()
+        elif arg.startswith("{pruned:") and arg.endswith("}"):
+            arg = str(find_pruned(root / arg[len("{pruned:"):-1]))
+        out.append(arg)
+    return out
+
+
+def subprocess_env() -> dict[str, str]:
+    """One torch thread per stage, the project importable."""
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def start(stage: Stage, cmd: list[str], root: Path) -> tuple[subprocess.Popen, float]:
+    """Start a stage (a fresh folder, output in ``<root>/<stage>.log``)."""
+    folder = root / stage.name
+    if folder.exists():
+        shutil.rmtree(folder)  # an unfinished earlier attempt; the engine would append to its files
+    folder.mkdir(parents=True)
+    log = root / f"{stage.name}.log"
+    print(f"==> [{stage.name}] {' '.join(cmd)}   (log: {log})", flush=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+    return proc, time.perf_counter()
+
+
+def finish(stage: Stage, cmd: list[str], root: Path, rc: int, t0: float, fingerprint: str) -> float:
+    """Write the done-marker of a stage that exited 0, or raise with the end of its log."""
+    wall = time.perf_counter() - t0
+    log = root / f"{stage.name}.log"
+    if rc != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"stage {stage.name} failed (exit {rc} after {wall:.0f} s): {' '.join(cmd)}\n"
+                           f"--- end of {log} ---\n{tail}")
+    meta = {"cmd": cmd, "wall_s": round(wall, 1), "date": _dt.datetime.now().isoformat(timespec="seconds"),
+            "fingerprint": fingerprint}
+    (root / stage.name / DONE).write_text(json.dumps(meta, indent=2))
+    print(f"    [{stage.name}] done in {wall:.0f} s", flush=True)
+    return wall
+
+
+@dataclass
+class RunResult:
+    """What ``run_stages`` did: wall seconds of the stages run now, the stages that failed (with
+    the end of their log) and those left out because a stage they need failed."""
+
+    walls: dict[str, float] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+
+
+def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], parallel: int = 1,
+               poll_s: float = 0.5, on_done: Callable[[Stage], None] | None = None) -> RunResult:
+    """Run the unfinished stages, at most ``parallel`` at a time, each once all it needs is done;
+    ``on_done(stage)`` after each that finishes. A failed stage does not stop the others: what
+    needs it is skipped, the rest runs on (an unattended run of hours keeps every row it can)."""
+    root.mkdir(parents=True, exist_ok=True)
+    fps = fingerprints(stages)
+    done = done_stages(stages, root)
+    todo = [st for st in stages if st.name not in done]
+    if done:
+        print(f"{len(done)} stage(s) already finished under {root}; {len(todo)} to run", flush=True)
+    running: dict[str, tuple[Stage, list[str], subprocess.Popen, float]] = {}
+    out = RunResult()
+    while todo or running:
+        lost = set(out.failed) | set(out.skipped)
+        for st in [st for st in todo if lost.intersection(st.needs)]:
+            todo.remove(st)
+            out.skipped.append(st.name)
+        ready = [st for st in todo if all(n in done for n in st.needs)]
+        while ready and len(running) < max(parallel, 1) and not any(r[0].exclusive for r in running.values()):
+            st = ready.pop(0)
+            if st.exclusive and running:
+                break  # let the running stages finish, then this one runs alone
+            todo.remove(st)
+            try:
+                cmd = resolve(st.cmd, root, teacher)
+            except (OSError, RuntimeError) as e:
+                out.failed[st.name] = f"stage {st.name} could not start: {e}"
+                print(out.failed[st.name], flush=True)
+                continue
+            running[st.name] = (st, cmd, *start(st, cmd, root))
+        if not running:
+            if todo and not any(set(out.failed).intersection(st.needs) for st in todo):
+                raise RuntimeError(f"stages {[st.name for st in todo]} wait for stages that are not planned")
+            continue
+        time.sleep(poll_s)
+        for name, (st, cmd, proc, t0) in list(running.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del running[name]
+            try:
+                out.walls[name] = finish(st, cmd, root, rc, t0, fps[name])
+                done.add(name)
+                if on_done is not None:
+                    on_done(st)
+            except RuntimeError as e:
+                out.failed[name] = str(e)
+                print(f"FAILED: {e}", flush=True)
+    return out

@@ -1,0 +1,325 @@
+"""The frontier benchmark's planning, resumable runner, Torch-Pruning wiring and report, on synthetic
+stage outputs (the full chain runs with ``benchmarks/bench_frontier.py --quick``)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import bench_frontier as bf  # noqa: E402
+import frontier_stages as fs  # noqa: E402
+import frontier_tp  # noqa: E402
+import update_readme_results as urr  # noqa: E402
+from models import build_model, load_model, save_checkpoint  # noqa: E402
+from utils.prune.fake import fake_sparsity_  # noqa: E402
+from utils.torch_utils import count_flops  # noqa: E402
+
+BUDGET = fs.Budget(base=4, sparse=2, finetune=3)
+
+
+def _settings(**kw) -> fs.Settings:
+    return fs.Settings(budget=BUDGET, **{"flops": (0.7, 0.3), **kw})
+
+
+def _plan(tmp_path, **kw) -> list:
+    s = _settings(**kw)
+    widths = {f: f"cfgs/yolov5s_w{f}.yaml" for f in s.flops}
+    return fs.build_plan(s, tmp_path, widths, {})
+
+
+# ------------------------------------------------------------------------------------ settings
+def test_pipeline_defaults_come_from_run_pipeline_sh():
+    d = fs.pipeline_defaults()
+    assert d["optimizer"] == "AdamW" and d["img"] == "160" and d["scale"] == "0.003"
+    assert d["ft_hyp"].endswith("hyp.finetune.yaml") and d["layer_keep"] == "0.01"
+    text = 'if q; then\n  IMG=${IMG:-128}; EPOCHS=${EPOCHS:-2}\nelse\n  IMG=${IMG:-160}\nfi\nNBS=${NBS-8}\n'
+    assert fs.pipeline_defaults(text) == {"img": "160", "nbs": "8"}  # the full run's branch wins
+    s = fs.settings_from_pipeline(BUDGET, optimizer="SGD", img=None)
+    assert s.optimizer == "SGD" and s.img == 160 and s.nbs == int(d["nbs"]) and s.budget.total == 9
+
+
+def test_width_for_flops_picks_the_closest_step():
+    steps = lambda w: round(w * 8) / 8  # noqa: E731  (FLOPs move in steps, like channels in multiples of 8)
+    assert fs.width_for_flops(steps, 0.5) == pytest.approx(0.5, abs=1 / 16)
+    assert abs(steps(fs.width_for_flops(steps, 0.3)) - 0.3) <= 1 / 16
+    text = fs.width_yaml(ROOT / "models" / "yolov5s.yaml", 0.31234)
+    assert "width_multiple: 0.3123" in text and "depth_multiple: 0.33" in text
+
+
+# ------------------------------------------------------------------------------------ the plan
+def test_plan_gives_every_model_the_same_total_epochs(tmp_path):
+    stages = _plan(tmp_path, seeds=(0, 1))
+    by = {st.name: st for st in stages}
+    fs.check_plan(stages)
+    for st in stages:
+        if not st.row or st.name == "base":
+            continue
+        if st.kind == "train":
+            assert st.epochs == BUDGET.total, st.name
+        else:  # pruned: the baseline, the sparsity training and this finetuning
+            sparse = next(by[n] for n in by[st.needs[0]].needs)
+            assert by["base"].epochs + sparse.epochs + st.epochs == BUDGET.total, st.name
+        assert st.row["epochs"] == BUDGET.total
+        assert f"eval_{st.name}" in by and "--task" in by[f"eval_{st.name}"].cmd
+        assert by[f"eval_{st.name}"].cmd[by[f"eval_{st.name}"].cmd.index("--task") + 1] == "test"
+    methods = {st.row["method"] for st in stages if st.row}
+    assert {"trained from scratch", "ours 8x default", "ours 3 latency + distill", "Torch-Pruning BNScalePruner"} <= methods
+    assert sum(1 for st in stages if st.row.get("reference")) == 2  # yolov5s from scratch, per seed
+
+
+def test_plan_option_sets_reach_sparsity_and_prune_commands(tmp_path):
+    by = {st.name: st for st in _plan(tmp_path)}
+    assert "--include-upsample" in by["sparse_latency"].cmd and "--include-sppf" in by["sparse_latency"].cmd
+    assert "--include-upsample" not in by["sparse_default"].cmd and "-sr" in by["sparse_default"].cmd
+    prune = by["prune_8x_latency_f0.3"].cmd
+    for flag in fs.OPTION_SETS["latency"]:
+        assert flag in prune
+    assert prune[prune.index("--target-flops") + 1] == "0.3" and "slim_prune_yolov5s_8x.py" in prune
+    distill = by["ft_3_default_f0.7_distill_s0"]
+    assert "{teacher}" in distill.cmd and {"base", "scratch_s_s0"} <= set(distill.needs)
+    assert "--distill" not in by["ft_3_default_f0.7_plain_s0"].cmd
+    assert "{pruned:prune_3_default_f0.7}" in distill.cmd
+
+
+def test_plan_without_torch_pruning_and_stage_selection(tmp_path):
+    stages = _plan(tmp_path, torch_pruning=False, option_sets=("default",), strategies=("8x",))
+    assert not any(st.name.startswith("tp_") or "latency" in st.name for st in stages)
+    picked = fs.select(stages, ["eval_ft_8x_default_f0.3_plain_s0"])
+    assert [st.name for st in picked] == ["base", "sparse_default", "prune_8x_default_f0.3",
+                                          "ft_8x_default_f0.3_plain_s0", "eval_ft_8x_default_f0.3_plain_s0"]
+    with pytest.raises(ValueError, match="needs"):
+        fs.check_plan(list(reversed(picked)))
+
+
+def test_estimate_counts_epochs_by_cost():
+    st = [fs.Stage("a", "train", (), epochs=10, cost=0.5), fs.Stage("b", "prune", ())]
+    assert fs.estimate_seconds(st, 40.0, {"prune": 7.0}) == 10 * 0.5 * 40 + 7
+
+
+# ------------------------------------------------------------------------------------ the runner
+def _py(code: str) -> tuple:
+    return (sys.executable, "-c", code)
+
+
+def test_runner_resumes_and_resolves_placeholders(tmp_path):
+    write = "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text(' '.join(sys.argv[2:]))"
+    stages = [fs.Stage("prune", "prune", _py(write) + (str(tmp_path / "prune" / "prune_0.4_x.pt"), "w")),
+              fs.Stage("ft", "finetune", _py(write) + (str(tmp_path / "ft" / "args.txt"), "{pruned:prune}", "{teacher}"),
+                       needs=("prune",)),
+              fs.Stage("other", "train", _py(write) + (str(tmp_path / "other" / "x.txt"), "x"))]
+    walls = fs.run_stages(stages, tmp_path, lambda: "T.pt", parallel=2, poll_s=0.05).walls
+    assert set(walls) == {"prune", "ft", "other"}
+    assert (tmp_path / "ft" / "args.txt").read_text() == f"{tmp_path / 'prune' / 'prune_0.4_x.pt'} T.pt"
+    meta = json.loads((tmp_path / "ft" / fs.DONE).read_text())
+    assert meta["cmd"][-1] == "T.pt" and meta["wall_s"] >= 0
+    assert fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05) == fs.RunResult()  # all done: nothing reruns
+    assert fs.stage_walls(stages, tmp_path) == pytest.approx(walls, abs=0.1)
+    (tmp_path / "other" / fs.DONE).unlink()
+    assert set(fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05).walls) == {"other"}
+
+
+def test_runner_failure_skips_what_needs_it_and_keeps_going(tmp_path):
+    stages = [fs.Stage("bad", "train", _py("import sys; print('boom'); sys.exit(3)")),
+              fs.Stage("after", "train", _py("pass"), needs=("bad",)),
+              fs.Stage("later", "eval", _py("pass"), needs=("after",)),
+              fs.Stage("no_pruned", "finetune", _py("pass") + ("{pruned:bad}",)),
+              fs.Stage("fine", "train", _py("pass"))]
+    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05)
+    assert set(run.failed) == {"bad", "no_pruned"} and "boom" in run.failed["bad"]
+    assert "no pruned checkpoint" in run.failed["no_pruned"]
+    assert run.skipped == ["after", "later"] and set(run.walls) == {"fine"}
+    assert not (tmp_path / "bad" / fs.DONE).exists() and not (tmp_path / "after").exists()
+    (tmp_path / "bad" / "stale.txt").write_text("half-written")
+    stages[0] = fs.Stage("bad", "train", _py("import pathlib; pathlib.Path('{}').write_text('p')".format(
+        tmp_path / "bad" / "pruned.pt")))
+    finished = []
+    run = fs.run_stages(stages, tmp_path, lambda: "", poll_s=0.05, on_done=lambda st: finished.append(st.name))
+    assert not run.failed and set(run.walls) == {"bad", "after", "later", "no_pruned"}  # the stale folder is replaced
+    assert sorted(finished) == sorted(run.walls)
+    assert not (tmp_path / "bad" / "stale.txt").exists() and (tmp_path / "later" / fs.DONE).is_file()
+    with pytest.raises(RuntimeError, match="not planned"):
+        fs.run_stages([fs.Stage("orphan", "train", _py("pass"), needs=("ghost",))], tmp_path, lambda: "")
+
+
+def test_exclusive_stages_run_alone_with_parallel(tmp_path):
+    log = tmp_path / "times.txt"
+    code = ("import sys, time; t = time.time(); time.sleep(0.4); "
+            f"open(r'{log}', 'a').write(f'{{sys.argv[1]}} {{t}} {{time.time()}}\\n')")
+    stages = [fs.Stage("a", "train", _py(code) + ("a",)), fs.Stage("x", "prune", _py(code) + ("x",), exclusive=True),
+              fs.Stage("b", "train", _py(code) + ("b",)), fs.Stage("c", "train", _py(code) + ("c",))]
+    assert not fs.run_stages(stages, tmp_path, lambda: "", parallel=2, poll_s=0.02).failed
+    spans = {n: (float(t0), float(t1)) for n, t0, t1 in (line.split() for line in log.read_text().splitlines())}
+    x0, x1 = spans.pop("x")
+    assert all(t1 <= x0 or t0 >= x1 for t0, t1 in spans.values())  # nothing overlaps the exclusive stage
+    (b0, b1), (c0, c1) = spans["b"], spans["c"]
+    assert b0 < c1 and c0 < b1  # the others do run two at a time
+    assert fs.Stage("p", "prune", (), exclusive=True).exclusive
+    by = {st.name: st for st in _plan(tmp_path / "plan")}
+    assert by["prune_3_latency_f0.3"].exclusive and not by["prune_3_default_f0.3"].exclusive
+
+
+# ------------------------------------------------------------------------------------ Torch-Pruning
+def test_torch_pruning_regulariser_adds_reg_sign_gamma_only():
+    tp = pytest.importorskip("torch_pruning")
+    model = build_model(ROOT / "models" / "yolov5n.yaml", nc=5).train()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m in bns:
+        m.weight.data.uniform_(-1, 1)
+    stats = [m.running_mean.clone() for m in bns]
+    pruner = frontier_tp.regulariser(tp, model, 0.01)
+    assert model.training and all(torch.equal(a, m.running_mean) for a, m in zip(stats, bns))
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.regularize(model)
+    for m in bns:
+        assert torch.allclose(m.weight.grad, 0.01 * torch.sign(m.weight.data))
+        assert not m.bias.grad.any()
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert not any(c.weight.grad.any() for c in convs)
+
+
+# ------------------------------------------------------------------------------------ the report
+def _rows() -> list[dict]:
+    rows = []
+    for label, method, point, ref, maps, ms in [
+            ("yolov5s", "trained from scratch", None, True, [0.60], 40.0),
+            ("yolov5s width 0.3", "trained from scratch", 0.3, False, [0.45], 18.0),
+            ("ours 8x default, plain", "ours 8x default", 0.3, False, [0.52, 0.50], 20.0),
+            ("ours 8x default, plain", "ours 8x default", 0.7, False, [0.58], 30.0)]:
+        per = [{"seed": i, "mAP50": m + 0.3, "mAP50-95": m} for i, m in enumerate(maps)]
+        r = {"label": label, "method": method, "point": point, "reference": ref, "per_seed": per,
+             "flops_ratio": point or 1.0, "params": 7e6 * (point or 1.0), "cpu_ms": ms, "cpu_ratio": ms / 40,
+             "onnx_ms": ms / 2, "onnx_ratio": ms / 40}
+        for key in ("mAP50", "mAP50-95"):
+            r[key], r[f"{key}_std"] = bf.mean_std([p[key] for p in per])
+        rows.append(r)
+    return rows
+
+
+def test_collect_rows_groups_seeds(tmp_path):
+    stages = [fs.Stage(f"ft_s{seed}", "finetune", ("py", str(seed)), weights="weights/best.pt",
+                       row={"method": "m", "label": "L", "seed": seed, "point": 0.5}) for seed in (0, 1, 2)]
+    stages += [fs.Stage(f"eval_ft_s{seed}", "eval", ("py", "val", str(seed)), needs=(f"ft_s{seed}",)) for seed in (0, 1, 2)]
+    fps = fs.fingerprints(stages)
+    for seed, m in ((0, 0.4), (1, 0.5), (2, 0.9)):
+        (tmp_path / f"eval_ft_s{seed}").mkdir()
+        (tmp_path / f"eval_ft_s{seed}" / "metrics.json").write_text(json.dumps({"mAP50": m + 0.3, "mAP50-95": m}))
+        # seed 2's evaluation ran with other settings (its fingerprint differs): its row is left out
+        fp = fps[f"eval_ft_s{seed}"] if seed < 2 else "stale"
+        (tmp_path / f"eval_ft_s{seed}" / fs.DONE).write_text(json.dumps({"fingerprint": fp, "wall_s": 1.0}))
+    (row,) = bf.collect_rows(stages, tmp_path)
+    assert row["mAP50-95"] == pytest.approx(0.45) and row["mAP50-95_std"] == pytest.approx(0.0707, abs=1e-4)
+    assert [p["seed"] for p in row["per_seed"]] == [0, 1] and row["weights"].endswith("ft_s0/weights/best.pt")
+
+
+def test_changed_settings_rerun_the_stage_and_everything_downstream(tmp_path):
+    def plan(base_epochs: str) -> list:
+        return [fs.Stage("base", "train", _py("pass") + (base_epochs,)),
+                fs.Stage("sparse", "sparsity", _py("pass"), needs=("base",)),
+                fs.Stage("prune", "prune", _py("pass"), needs=("sparse",)),
+                fs.Stage("scratch", "train", _py("pass") + ("34",))]
+    assert set(fs.run_stages(plan("24"), tmp_path, lambda: "", poll_s=0.02).walls) == {"base", "sparse", "prune", "scratch"}
+    assert fs.done_stages(plan("24"), tmp_path) == {"base", "sparse", "prune", "scratch"}
+    assert fs.done_stages(plan("30"), tmp_path) == {"scratch"}
+    assert set(fs.run_stages(plan("30"), tmp_path, lambda: "", poll_s=0.02).walls) == {"base", "sparse", "prune"}
+    assert fs.fingerprints(plan("30"))["scratch"] == fs.fingerprints(plan("24"))["scratch"]
+    (tmp_path / "prune" / fs.DONE).write_text("{not json")  # a marker cut short counts as unfinished
+    assert fs.done_stages(plan("30"), tmp_path) == {"base", "sparse", "scratch"}
+
+
+def test_paired_ratios_cancel_load_changes():
+    ref = [1.0, 2.0, 1.0]
+    out = bf.paired([ref, [0.5, 1.0, 0.5]], 0)
+    assert out[1]["ratio"] == pytest.approx(0.5) and out[0]["ratio"] == 1.0
+    assert out[1]["ms"] == pytest.approx(500.0)
+
+
+def test_curve_detects_a_plateau(tmp_path, capsys):
+    f = tmp_path / "results.csv"
+    head = "epoch,metrics/mAP_0.5,metrics/mAP_0.5:0.95\n"
+    f.write_text(head + "".join(f"{i},{0.5},{v}\n" for i, v in enumerate([0.1, 0.3, 0.4, 0.45, 0.452, 0.451, 0.45, 0.453])))
+    c = bf.curve(f)
+    assert c["plateau"] and c["best_epoch"] == 7 and c["last_quarter_gain"] < bf.PLATEAU_GAIN
+    f.write_text(head + "".join(f"{i},{0.5},{0.1 * i}\n" for i in range(8)))
+    assert not bf.curve(f)["plateau"]
+    assert bf.curve(tmp_path / "none.csv") == {}
+    (tmp_path / "base").mkdir()
+    f.rename(tmp_path / "base" / "results.csv")
+    bf.plateau_note(tmp_path)(fs.Stage("base", "train", ()))
+    bf.plateau_note(tmp_path)(fs.Stage("ft_x", "finetune", ()))  # not a yolov5s training: no note
+    assert capsys.readouterr().out.count("NOT at a plateau") == 1
+
+
+def test_table_plot_and_readme_section(tmp_path):
+    rows = _rows()
+    table = bf.format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "0.510 ± 0.014" in table
+    png = bf.plot(rows, tmp_path / "frontier.png", "synthetic")
+    if png is not None:
+        assert png.stat().st_size > 1000
+    s = _settings()
+    report = {"benchmark": "frontier", "quick": False, "date": "2026-11-30T23:00:00", "rows": rows,
+              "machine": {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 1},
+              "settings": {**bf.asdict(s), "total_epochs": s.budget.total}, "plot": str(png or ""),
+              "curves": {"base": bf.curve(tmp_path / "none.csv")}, "table_markdown": table}
+    (tmp_path / "frontier.json").write_text(json.dumps(report))
+    found = urr.load_results(tmp_path)
+    assert list(found) == ["frontier"]
+    body = urr.render_section(found)
+    assert "### Accuracy against latency" in body and "ours 8x default, plain" in body and "0.510 ± 0.014" in body
+    assert "9 epochs in all" in body and "Test CPU" in body
+    assert png is None or f"]({png})" in body
+    (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
+    assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README
+
+
+def test_quick_results_stay_out_of_benchmarks_results():
+    opt = bf.parse_args(["--quick"])
+    json_path, png_path = bf.output_paths(opt)
+    assert not json_path.resolve().is_relative_to((ROOT / "benchmarks" / "results").resolve())
+    assert png_path.suffix == ".png"
+    full, _ = bf.output_paths(bf.parse_args([]))
+    assert full == ROOT / "benchmarks" / "results" / "frontier.json"
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--seeds", "1", "1"])
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--quick", "--json", str(ROOT / "benchmarks" / "results" / "frontier.json")])
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--strategies", "1"])  # strategies 3 and 8x only
+
+
+def test_models_that_miss_their_flops_point_are_flagged():
+    rows = _rows()
+    rows[1]["flops_ratio"] = 0.36  # width model at the 0.3 point: 0.06 too many FLOPs
+    warnings = bf.flops_warnings(rows)
+    assert len(warnings) == 1 and "yolov5s width 0.3" in warnings[0] and "0.360" in warnings[0]
+    assert [r["flops_off_target"] for r in rows] == [False, True, False, False]
+    assert bf.format_table(rows).count("(off target)") == 1
+    assert "(off target)" in "\n".join(urr.render_frontier({"rows": rows, "settings": {}, "warnings": warnings}))
+
+
+def test_torch_pruning_prunes_a_checkpoint_to_the_flops_point(tmp_path):
+    pytest.importorskip("torch_pruning")
+    model = fake_sparsity_(build_model(ROOT / "models" / "yolov5n.yaml", nc=5)).eval()
+    save_checkpoint(tmp_path / "sparse.pt", model, history=[{"step": "sparsity"}])
+    entry = frontier_tp.prune_to_flops(tmp_path / "sparse.pt", 0.5, 64, tmp_path / "pruned.pt")
+    pruned = load_model(tmp_path / "pruned.pt", verbose=False)
+    kept = count_flops(pruned, 64) / count_flops(model, 64)
+    assert 0.4 < kept <= 0.5 + 1e-3 and entry["figures"]["flops"]["ratio"] == pytest.approx(kept, abs=0.02)
+    assert pruned(torch.zeros(1, 3, 64, 64))[0].shape[-1] == 10  # a working detector with the same head
+
+
+def test_width_scaled_models_hit_their_flops_point(tmp_path, monkeypatch):
+    s = fs.Settings(budget=BUDGET, img=64, flops=(0.5,))
+    widths, costs = bf.prepare_widths(s, tmp_path)
+    full = count_flops(build_model(ROOT / s.cfg, nc=5).eval(), 64)
+    got = count_flops(build_model(widths[0.5], nc=5).eval(), 64) / full
+    assert abs(got - 0.5) < bf.FLOPS_TOLERANCE and Path(widths[0.5]).parent == tmp_path / "cfgs"
+    assert 0.15 < costs["n"] < costs["w0.5"] < costs["s"] == 1.0
+    monkeypatch.setattr(fs, "width_for_flops", lambda *a, **k: pytest.fail("the cached width was searched again"))
+    assert bf.prepare_widths(s, tmp_path)[0] == widths

@@ -132,7 +132,8 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=None, help="write cfg, weights and report here instead of "
                    "beside the inputs")
     p.add_argument("--no-eval", action="store_true", help="skip the mAP evaluations")
-    p.add_argument("--latency-runs", type=positive_int, default=20, help="timed forward passes per model")
+    p.add_argument("--latency-runs", type=positive_int, default=20, help="timed forward passes per model (on "
+                   "a --runtime: round-robin rounds of one pass of each model)")
     p.add_argument("--layers", type=nonneg_int, default=0, metavar="N", help="first remove the N least "
                    "important residual blocks (layer pruning, as layer_prune_yolov5s.py --shortcuts N), then "
                    "prune channels of the result; a target then refers to the layer-pruned model")
@@ -213,7 +214,7 @@ def _add_latency_flags(p: argparse.ArgumentParser) -> None:
                    help="latency profile JSON to reuse (or to write when missing); default "
                    "runs/profiles/<architecture>_<runtime>_<device>_t<threads>_<img>.json")
     p.add_argument("--latency-iterations", type=positive_int, default=3, metavar="N",
-                   help="searches at most, each tightened by the observed miss of the one before")
+                   help="searches at most (default 3), each tightened by the observed miss of the one before")
     p.add_argument("--sweep", type=_sweep_values, default=None, metavar="T1,T2,...",
                    help="print a table of candidate prunes, one per target of the kind a --target-* flag "
                    "(given without a value) names, and write nothing")

@@ -368,7 +368,8 @@ def test_adam_penalty_is_a_decoupled_soft_threshold(tiny_data, tmp_path, no_warm
     assert hook.applied == 1 == spy.steps
     for i in layers:
         assert torch.count_nonzero(spy.grads[0][i]) == 0, "the penalty must not go through Adam's gradient"
-    threshold = spy.groups[0]["lr"] * 2 * s  # lr of the gammas' group * k (2 micro-batches) * s
+    group = spy.groups[0]  # the gammas' group: lr * k (2 micro-batches) * s / (1 - beta1)
+    threshold = group["lr"] * 2 * s / (1 - group["betas"][0])
     for i in layers:
         expect = torch.sign(w0[i]) * (w0[i].abs() - threshold).clamp(min=0)
         assert torch.allclose(spy.after[0][i], expect, atol=1e-7), i

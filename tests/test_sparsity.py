@@ -132,7 +132,7 @@ def test_quantile_table_shows_min_median_max():
 
 
 def test_decoupled_form_soft_thresholds_and_leaves_grads():
-    """Decoupled form: gamma <- sign * max(|gamma| - lr * k * s, 0), gradients untouched."""
+    """Decoupled form: gamma <- sign * max(|gamma| - lr * k * s / (1 - beta1), 0), gradients untouched."""
     model = _model_with_grads()
     layers = _layers(model)
     w = model.module_list[layers[0]].BatchNorm2d.weight
@@ -141,11 +141,16 @@ def test_decoupled_form_soft_thresholds_and_leaves_grads():
     opt = torch.optim.SGD([{"params": [w], "lr": 0.1}])
     g0, w0 = w.grad.clone(), w.detach().clone()
     hook = SparsityHook(layers[:1], scale=0.05, form="decoupled")
-    hook.apply_decoupled(model, opt, n_micro=2, n_images=16)  # threshold 0.1 * 2 * 0.05 = 0.01
+    hook.apply_decoupled(model, opt, n_micro=2, n_images=16)  # threshold 0.1 * 2 * 0.05 = 0.01 (no betas)
     assert torch.equal(w.grad, g0)
     expect = torch.sign(w0) * (w0.abs() - 0.01).clamp(min=0)
     assert torch.allclose(w.detach(), expect)
     v = w.detach()[:4].tolist()
     assert v[0] == 0 and v[1] == 0 and v[2] == pytest.approx(0.49) and v[3] == pytest.approx(-0.49)
+    adam = torch.optim.Adam([w], lr=0.1, betas=(0.9, 0.999))  # beta1 0.9: ten times the pull
+    with torch.no_grad():
+        w[:2] = torch.tensor([0.09, 0.11])
+    hook.apply_decoupled(model, adam, n_micro=2, n_images=16)  # threshold 0.01 / (1 - 0.9) = 0.1
+    assert w.detach()[0] == 0 and w.detach()[1].item() == pytest.approx(0.01)
     with pytest.raises(ValueError, match="form"):
         SparsityHook([0], form="adam")

@@ -8,8 +8,12 @@ live training modules, in one of two forms (``SparsityHook.form``):
 * ``"decoupled"`` (Adam/AdamW): Adam divides every gradient by its running magnitude, so a penalty
   added to the gradient would shrink each gamma with a small data gradient by about ``lr`` per step
   whatever ``s`` is. Instead, like AdamW's decoupled weight decay, after the step each gamma gets the
-  proximal soft-threshold of the L1 term: ``gamma <- sign(gamma) * max(|gamma| - lr * k * s, 0)``,
-  with ``lr`` the current learning rate of the gamma's parameter group.
+  proximal soft-threshold of the L1 term: ``gamma <- sign(gamma) * max(|gamma| - lr * k * s / (1 - beta1), 0)``,
+  with ``lr`` the current learning rate of the gamma's parameter group and ``beta1`` its first-moment
+  decay. Under SGD with momentum m a constant subgradient moves a weight by ``lr * g / (1 - m)`` per
+  step once the momentum buffer has filled; Adam's ``beta1`` is the same average, so dividing by
+  ``1 - beta1`` gives ``--scale`` the same per-step pull toward zero under both optimizers at the
+  same learning rate.
 
 ``k`` is the number of accumulated micro-batches by default, which reproduces the original method's
 per-iteration update. The detection loss is a sum over the images of a step, so with that default the
@@ -154,13 +158,14 @@ class SparsityHook(Hook):
     @torch.no_grad()
     def apply_decoupled(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_micro: int = 1,
                         n_images: int = REFERENCE_BATCH) -> None:
-        """Decoupled form: gamma <- sign(gamma) * max(|gamma| - lr_group * k * s, 0) after the step."""
+        """Decoupled form: gamma <- sign(gamma) * max(|gamma| - lr * k * s / (1 - beta1), 0) after the step."""
         params = self._params(model)
         if not params:
             return
-        lr = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+        pull = {id(p): g["lr"] / (1.0 - g.get("betas", (0.0,))[0]) for g in optimizer.param_groups
+                for p in g["params"]}
         for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
-            threshold = lr[id(p)] * s
+            threshold = pull[id(p)] * s
             p.copy_(torch.sign(p) * (p.abs() - threshold).clamp_(min=0))
         self.applied += 1
 

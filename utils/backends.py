@@ -1,0 +1,188 @@
+"""Exported detectors as models: one interface for ONNX, OpenVINO and TorchScript files.
+
+:func:`load_backend` opens whatever ``--weights`` names: an ``.onnx`` file (onnxruntime), an
+OpenVINO folder ``<stem>_openvino_model/`` or its ``.xml`` (openvino), or a ``.torchscript`` file;
+it returns None for PyTorch checkpoints, which :func:`models.load_model` opens. Every backend is an
+:class:`utils.onnx_backend.ExportedModel`: ``model(images) -> ((B, N, 5+nc), [])``, ``.stride``,
+``.names``, ``.nc``, ``.fixed_shape`` / ``.fixed_batch`` for static graphs. Class names and strides
+come from the metadata export.py writes (upstream YOLOv5's keys, so upstream exports load too).
+The runtimes are optional dependencies: a missing one is one sentence naming what to install.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from .onnx_backend import (ExportedModel, MissingDependencyError, OnnxModel, OnnxModelError, is_onnx,
+                           read_metadata)
+
+__all__ = ["OpenVinoModel", "TorchScriptModel", "load_backend", "backend_kind", "is_exported",
+           "require_openvino", "BackendError"]
+
+OPENVINO_SUFFIX = "_openvino_model"
+
+
+class BackendError(OnnxModelError):
+    """An exported model that cannot be opened as a detector; the message says what to do."""
+
+
+def require_openvino() -> Any:
+    """The openvino module, or a :class:`MissingDependencyError` that says how to install it."""
+    try:
+        import openvino
+    except ImportError:
+        raise MissingDependencyError("openvino is not installed; it is needed to run OpenVINO models: "
+                                     "pip install openvino") from None
+    return openvino
+
+
+def backend_kind(path: str | Path) -> str | None:
+    """'onnx', 'openvino', 'torchscript', or None for anything else (a PyTorch checkpoint)."""
+    p = Path(path)
+    if is_onnx(p):
+        return "onnx"
+    if p.suffix.lower() == ".torchscript":
+        return "torchscript"
+    if p.suffix.lower() == ".xml" or p.name.endswith(OPENVINO_SUFFIX) or (p.is_dir() and any(p.glob("*.xml"))):
+        return "openvino"
+    return None
+
+
+def is_exported(path: str | Path) -> bool:
+    return backend_kind(path) is not None
+
+
+def _dim(value: Any) -> int | None:
+    """A static dimension as int (OpenVINO partial shapes, ints); dynamic ones as None."""
+    try:
+        return int(value.get_length()) if hasattr(value, "get_length") and value.is_static else \
+            (int(value) if isinstance(value, (int, np.integer)) and int(value) > 0 else None)
+    except (TypeError, ValueError):
+        return None
+
+
+class OpenVinoModel(ExportedModel):
+    """An OpenVINO IR detector (CPU plugin) with the eval-model interface."""
+
+    kind = "OpenVINO"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
+        super().__init__(path, device)
+        ov = require_openvino()
+        self.xml = _openvino_xml(self.path)
+        core = ov.Core()
+        config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
+        try:
+            compiled = core.compile_model(str(self.xml), "CPU", config)
+        except Exception as e:  # openvino raises RuntimeError subclasses with long texts
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendError(f"{self.xml}: OpenVINO cannot load the model ({detail}); export it again "
+                               f"with export.py --format openvino") from None
+        self.compiled, self.request = compiled, compiled.create_infer_request()
+        shape = compiled.inputs[0].get_partial_shape()
+        h, w = _dim(shape[2]), _dim(shape[3])
+        self.fixed_shape = (h, w) if h and w else None
+        self.fixed_batch = _dim(shape[0])
+        out_shape = compiled.outputs[0].get_partial_shape()
+        meta = _openvino_meta(self.xml.parent)
+        names, strides = read_metadata(meta, str(self.xml.parent / "metadata.yaml"), _dim(out_shape[2]))
+        self.names, self.stride, self.metadata = names, torch.tensor(strides), meta
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        return self.request.infer({0: x})[self.compiled.outputs[0]]
+
+    def __deepcopy__(self, memo: dict) -> "OpenVinoModel":
+        """Copies share the compiled model (read-only); it cannot be pickled."""
+        clone = OpenVinoModel.__new__(OpenVinoModel)
+        ExportedModel.__init__(clone, self.path, self._device.device)
+        for key in ("xml", "compiled", "request", "fixed_shape", "fixed_batch", "names", "stride", "metadata"):
+            setattr(clone, key, getattr(self, key))
+        clone.train(self.training)
+        return clone
+
+
+def _openvino_xml(path: Path) -> Path:
+    """The .xml of an OpenVINO folder (or the .xml itself)."""
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if len(xmls) != 1:
+            raise BackendError(f"{path}: expected one .xml model in the OpenVINO folder, found {len(xmls)}; "
+                               f"give the .xml file")
+        return xmls[0]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: OpenVINO model not found")
+    if not path.with_suffix(".bin").is_file():
+        raise FileNotFoundError(f"{path.with_suffix('.bin')}: the weights of {path.name} are missing")
+    return path
+
+
+def _openvino_meta(folder: Path) -> dict[str, str]:
+    """metadata.yaml (upstream's file) as strings like ONNX metadata; {} when absent."""
+    file = folder / "metadata.yaml"
+    if not file.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise BackendError(f"{file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    return {str(k): repr(v) if not isinstance(v, str) else v for k, v in data.items()}
+
+
+class TorchScriptModel(ExportedModel):
+    """A traced ``.torchscript`` detector (upstream's ``config.txt`` metadata) on any torch device."""
+
+    kind = "TorchScript"
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cpu"):
+        super().__init__(path, device)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: TorchScript file not found")
+        extra = {"config.txt": ""}
+        try:
+            self.module = torch.jit.load(str(self.path), map_location=torch.device(device), _extra_files=extra)
+        except RuntimeError as e:
+            detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BackendError(f"{self.path}: torch cannot load the TorchScript model ({detail}); export "
+                               f"it again with export.py --format torchscript") from None
+        config = json.loads(extra["config.txt"]) if extra["config.txt"] else {}
+        meta = {k: repr(v) if not isinstance(v, str) else v for k, v in config.items()}
+        meta["names"] = repr({int(k): v for k, v in config.get("names", {}).items()}) if "names" in config else ""
+        if not meta["names"]:
+            del meta["names"]
+        self.names, strides = read_metadata(meta, f"{self.path} config.txt", None)
+        self.stride, self.metadata = torch.tensor(strides), meta
+        shape = config.get("shape")
+        self.half = next(iter(self.module.parameters()), torch.zeros(0)).dtype == torch.float16
+        if shape and not config.get("dynamic", False):
+            self.fixed_shape, self.fixed_batch = (int(shape[2]), int(shape[3])), int(shape[0])
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list]:
+        """Runs on ``x``'s device without a trip through numpy."""
+        self._check_input(x)
+        dtype = torch.float16 if self.half else torch.float32
+        y = self.module(x.to(dtype))
+        return y.to(x.dtype), []
+
+
+def load_backend(path: str | Path, device: str | torch.device = "cpu",
+                 threads: int | None = None) -> ExportedModel | None:
+    """The exported model at ``path`` (see the module docstring); None for PyTorch checkpoints."""
+    kind = backend_kind(path)
+    if kind == "onnx":
+        return OnnxModel(path, device, threads)
+    if kind == "openvino":
+        if torch.device(device).type == "cuda":
+            print("note: OpenVINO models run on the CPU")
+        return OpenVinoModel(path, "cpu", threads)
+    if kind == "torchscript":
+        if threads:
+            torch.set_num_threads(int(threads))
+        return TorchScriptModel(path, device)
+    return None
+

@@ -11,6 +11,7 @@ The runtimes are optional dependencies: a missing one is one sentence naming wha
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import numpy as np
 import torch
 import yaml
 
+from .sources import weights_file
 from .onnx_backend import (ExportedModel, MissingDependencyError, OnnxModel, OnnxModelError, is_onnx,
                            read_metadata)
 
-__all__ = ["OpenVinoModel", "TorchScriptModel", "load_backend", "backend_kind", "is_exported",
+__all__ = ["weights_path", "OpenVinoModel", "TorchScriptModel", "load_backend", "backend_kind", "is_exported",
            "require_openvino", "BackendError"]
 
 OPENVINO_SUFFIX = "_openvino_model"
@@ -55,6 +57,16 @@ def backend_kind(path: str | Path) -> str | None:
 
 def is_exported(path: str | Path) -> bool:
     return backend_kind(path) is not None
+
+
+def weights_path(value: str | Path, flag: str = "--weights") -> Path:
+    """:func:`utils.sources.weights_file`, except that an OpenVINO model folder is accepted too."""
+    path = Path(value).expanduser()
+    if path.is_dir() and backend_kind(path) == "openvino":
+        return path
+    if path.name.endswith(OPENVINO_SUFFIX) and not path.exists():
+        raise FileNotFoundError(f"{flag} {value}: OpenVINO model folder not found; check the path")
+    return weights_file(value, flag)
 
 
 def _dim(value: Any) -> int | None:
@@ -133,8 +145,16 @@ def _openvino_meta(folder: Path) -> dict[str, str]:
     return {str(k): repr(v) if not isinstance(v, str) else v for k, v in data.items()}
 
 
+def _jit_load(path: str, **kw: Any) -> Any:
+    """torch.jit.load without its deprecation warning (TorchScript is upstream's deployment format)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.load(path, **kw)
+
+
 class TorchScriptModel(ExportedModel):
-    """A traced ``.torchscript`` detector (upstream's ``config.txt`` metadata) on any torch device."""
+    """A traced ``.torchscript`` detector (upstream's ``config.txt`` metadata) on any torch device.
+    The scripted module is ``.script`` (not ``.module``, which callers take for a DDP wrapper)."""
 
     kind = "TorchScript"
 
@@ -144,7 +164,7 @@ class TorchScriptModel(ExportedModel):
             raise FileNotFoundError(f"{self.path}: TorchScript file not found")
         extra = {"config.txt": ""}
         try:
-            self.module = torch.jit.load(str(self.path), map_location=torch.device(device), _extra_files=extra)
+            self.script = _jit_load(str(self.path), map_location=torch.device(device), _extra_files=extra)
         except RuntimeError as e:
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"{self.path}: torch cannot load the TorchScript model ({detail}); export "
@@ -157,7 +177,7 @@ class TorchScriptModel(ExportedModel):
         self.names, strides = read_metadata(meta, f"{self.path} config.txt", None)
         self.stride, self.metadata = torch.tensor(strides), meta
         shape = config.get("shape")
-        self.half = next(iter(self.module.parameters()), torch.zeros(0)).dtype == torch.float16
+        self.half = next(iter(self.script.parameters()), torch.zeros(0)).dtype == torch.float16
         if shape and not config.get("dynamic", False):
             self.fixed_shape, self.fixed_batch = (int(shape[2]), int(shape[3])), int(shape[0])
 
@@ -166,7 +186,7 @@ class TorchScriptModel(ExportedModel):
         """Runs on ``x``'s device without a trip through numpy."""
         self._check_input(x)
         dtype = torch.float16 if self.half else torch.float32
-        y = self.module(x.to(dtype))
+        y = self.script(x.to(dtype))
         return y.to(x.dtype), []
 
 

@@ -505,7 +505,9 @@ def torchscript_config(model: nn.Module, spec: ExportSpec) -> dict:
 
 def check_torchscript(path: Path, model: nn.Module, spec: ExportSpec) -> list[CheckResult]:
     device = next(model.parameters()).device
-    module = torch.jit.load(str(path), map_location=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location=device)
     dtype = torch.float16 if spec.half else torch.float32
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -532,7 +534,9 @@ def export_torchscript(model: nn.Module, out: str | Path, spec: ExportSpec) -> l
     results: list[CheckResult] = []
 
     def write(tmp: Path) -> None:
-        torch.jit.save(traced, str(tmp), _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.save(traced, str(tmp), _extra_files=extra)
         results.extend(_verify(lambda: check_torchscript(tmp, model, spec), out))
 
     atomic_write(out, write)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Sequence
 
 from models import load_model
-from utils.backends import is_exported
+from utils.backends import backend_kind
 from utils.errors import cli_main, fraction, positive_int
 from utils.export import FORMATS, MIN_OPSET, CheckResult, ExportError, ExportSpec, export_formats, output_paths
 from utils.general import check_img_size
@@ -29,6 +29,8 @@ from utils.sources import weights_file
 from utils.torch_utils import select_device
 
 __all__ = ["parse_args", "main"]
+
+DISPLAY = {"onnx": "ONNX", "openvino": "OpenVINO", "torchscript": "TorchScript"}
 
 
 def _formats(values: list[str]) -> list[str]:
@@ -80,9 +82,9 @@ def _report(weights: Path, paths: dict[str, Path], results: dict[str, list[Check
     axes = " (dynamic batch, height, width)" if spec.dynamic else ""
     for fmt, out in paths.items():
         for r in results[fmt]:
-            print(f"{fmt} check {r}")
+            print(f"{DISPLAY[fmt]} check {r}")
         size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
-        print(f"Exported {weights} -> {out} ({fmt}, {size / 1e6:.1f} MB), input {spec.batch}x3x{h}x{w}{axes}"
+        print(f"Exported {weights} -> {out} ({DISPLAY[fmt]}, {size / 1e6:.1f} MB), input {spec.batch}x3x{h}x{w}{axes}"
               f"{', FP16' if spec.half else ''}, {nc} classes, strides {strides}")
     first = next(iter(paths.values()))
     print(f"Detect with: python prune_detect.py --weights {first} --img {h} {w}")
@@ -91,8 +93,9 @@ def _report(weights: Path, paths: dict[str, Path], results: dict[str, list[Check
 @cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
-    if is_exported(opt.weights):
-        raise ExportError(f"--weights {opt.weights}: already an exported model; give the .pt checkpoint")
+    kind = backend_kind(opt.weights)
+    if kind is not None:
+        raise ExportError(f"--weights {opt.weights}: already an {DISPLAY[kind]} file; give the .pt checkpoint")
     weights = weights_file(opt.weights)
     require_onnx()  # fail before the slow part when the optional dependency is missing
     paths = output_paths(weights, opt.format, opt.output)

@@ -1,0 +1,111 @@
+"""quantize.py and utils.quantize: INT8 end to end on a tiny model, the FP32 head rule, calibration."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import export
+import quantize
+from models import build_model, save_checkpoint
+from utils.backends import load_backend
+from utils.quantize import CalibrationImages, head_nodes, int8_output_path, quantize_onnx, round_robin_latency
+from utils.synthetic import CLASS_NAMES, make_shapes_dataset
+
+HAS_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+HAS_OV = importlib.util.find_spec("openvino") is not None
+pytestmark = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
+IMG = 64
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("quantize")
+    torch.manual_seed(0)
+    model = build_model("models/yolov5n.yaml", nc=len(CLASS_NAMES))
+    model.names = list(CLASS_NAMES)
+    save_checkpoint(root / "tiny.pt", model)
+    make_shapes_dataset(root / "data", n_train=6, n_val=3, n_test=3, img_size=IMG, workers=0)
+    return root
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.skipif(
+    not HAS_OV, reason="openvino not installed"))])
+def test_quantize_end_to_end(work, runtime, capsys):
+    out_json = work / f"{runtime}.json"
+    assert quantize.main(["--weights", str(work / "tiny.pt"), "--data", str(work / "data"), "--img", str(IMG),
+                          "--calib", "4", "--runtime", runtime, "--runs", "3", "--json", str(out_json)]) == 0
+    res = json.loads(out_json.read_text())
+    assert res["task"] == "test" and res["calib"] == 4 and res["head"] == "FP32"  # test split when present
+    assert set(res["models"]) == {"FP32", "INT8"}
+    for row in res["models"].values():
+        assert 0 <= row["mAP50-95"] <= row["mAP50"] <= 1 and row["median_ms"] > 0
+    out = Path(res["int8"])
+    assert out == int8_output_path(work / "tiny.pt", runtime) and out.exists()
+    printed = capsys.readouterr().out
+    assert "INT8 model:" in printed and "FP32" in printed
+    if runtime == "onnxruntime":
+        import onnx
+        proto = onnx.load(str(out))
+        ops = {n.op_type for n in proto.graph.node}
+        assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+        meta = {p.key: p.value for p in proto.metadata_props}
+        assert meta["stride"] == "32" and "circle" in meta["names"]
+        # the head stays FP32: every node feeding the output is a plain float op, no DequantizeLinear
+        head = set(head_nodes(proto))
+        assert head and not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.name in head
+                                for n in proto.graph.node)
+
+
+def test_int8_output_is_close_to_fp32(work):
+    fp32_src = work / "fp32.onnx"
+    assert export.main(["--weights", str(work / "tiny.pt"), "--img", str(IMG), "--output", str(fp32_src)]) == 0
+    calib = CalibrationImages(str(work / "data" / "images" / "train"), IMG, 6)
+    q = quantize_onnx(fp32_src, work / "q.onnx", calib)
+    x = torch.from_numpy(next(calib.arrays()))
+    a, b = load_backend(fp32_src)(x)[0], load_backend(q)(x)[0]
+    assert a.shape == b.shape
+    # boxes in pixels: INT8 noise stays well below the image size; scores within a few hundredths
+    assert (a[..., :4] - b[..., :4]).abs().median() < 0.05 * IMG
+    assert (a[..., 4:] - b[..., 4:]).abs().median() < 0.05
+
+
+def test_head_nodes_are_the_detect_convs_and_decode(work):
+    import onnx
+    path = work / "head.onnx"
+    assert export.main(["--weights", str(work / "tiny.pt"), "--img", str(IMG), "--output", str(path)]) == 0
+    proto = onnx.load(str(path))
+    head = set(head_nodes(proto))
+    convs = [n for n in proto.graph.node if n.op_type == "Conv" and n.name in head]
+    assert len(convs) == 3  # one 1x1 detect conv per level
+    assert all(next(a for a in n.attribute if a.name == "kernel_shape").ints == [1, 1] for n in convs)
+    assert len(head) < len(proto.graph.node) / 2
+
+
+def test_calibration_images_are_letterboxed_train_images(work):
+    calib = CalibrationImages(str(work / "data" / "images" / "train"), 96, 2)
+    arrays = list(calib.arrays())
+    assert len(calib) == 2 and len(arrays) == 2
+    assert arrays[0].shape == (1, 3, 96, 96) and arrays[0].dtype == np.float32 and 0 <= arrays[0].min()
+    assert calib.get_next()["images"].shape == (1, 3, 96, 96)
+    calib.get_next()
+    assert calib.get_next() is None
+    calib.rewind()
+    assert calib.get_next() is not None
+
+
+def test_round_robin_latency_reports_every_runner():
+    res = round_robin_latency({"a": lambda x: x.sum(), "b": lambda x: x.mean()}, (1, 3, 8, 8), runs=4, warmup=1)
+    assert set(res) == {"a", "b"} and all(r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] for r in res.values())
+
+
+def test_bad_weights_is_one_sentence(work, tmp_path, capsys):
+    bad = tmp_path / "m.torchscript"
+    bad.write_text("x")
+    assert quantize.main(["--weights", str(bad), "--data", str(work / "data")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "quantize.py: error: --weights" in err

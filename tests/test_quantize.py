@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,21 @@ def test_bad_weights_is_one_sentence(work, tmp_path, capsys):
     assert quantize.main(["--weights", str(bad), "--data", str(work / "data")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "quantize.py: error: --weights" in err
+
+
+def test_pipeline_report_int8_row(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import pipeline_report
+    model = tmp_path / "m_int8.onnx"
+    model.write_bytes(b"x" * 2000)
+    res = {"int8": str(model), "runtime": "onnxruntime", "head": "FP32",
+           "models": {"FP32": {"mAP50": 0.8, "mAP50-95": 0.5, "median_ms": 10.0},
+                      "INT8": {"mAP50": 0.79, "mAP50-95": 0.48, "median_ms": 5.0}}}
+    (tmp_path / "int8.json").write_text(json.dumps(res))
+    final = {"params": 100, "flops": 1000}
+    row = pipeline_report.int8_stage(tmp_path / "int8.json", final)
+    assert row["mAP50"] == 0.79 and row["cpu_ms"] == 5.0 and row["size_mb"] == 0.002 and row["params"] == 100
+    note = pipeline_report.int8_note({pipeline_report.INT8_STAGE: row})
+    assert "10.0 ms" in note and "2.00x faster" in note and "head kept FP32" in note
+    assert pipeline_report.parse_args(["--run", "r", "--base", "b", "--sparse", "s", "--pruned", "p", "--finetune",
+                                       "f", "--distill", "d", "--int8", "j"]).int8 == "j"

@@ -128,3 +128,31 @@ def test_pipeline_report_int8_row(tmp_path):
     assert "10.0 ms" in note and "2.00x faster" in note and "head kept FP32" in note
     assert pipeline_report.parse_args(["--run", "r", "--base", "b", "--sparse", "s", "--pruned", "p", "--finetune",
                                        "f", "--distill", "d", "--int8", "j"]).int8 == "j"
+
+
+def test_quantize_head_keeps_the_decode_fp32(work):
+    import onnx
+    path = work / "head2.onnx"
+    assert export.main(["--weights", str(work / "tiny.pt"), "--img", str(IMG), "--output", str(path)]) == 0
+    proto = onnx.load(str(path))
+    decode = set(head_nodes(proto, convs=False))
+    assert decode and decode < set(head_nodes(proto))
+    assert not any(n.op_type == "Conv" for n in proto.graph.node if n.name in decode)
+    calib = CalibrationImages(str(work / "data" / "images" / "train"), IMG, 2)
+    q = onnx.load(str(quantize_onnx(path, work / "q_head.onnx", calib, keep_head_fp32=False)))
+    by_name = {n.name: n for n in q.graph.node}
+    # walking back from the output of the INT8 graph: float decode ops; the only Q/DQ pairs there
+    # quantize the detect convs' own outputs (Conv -> Q -> DQ -> decode), nothing deeper in the decode
+    q_decode = [by_name[n] for n in head_nodes(q, convs=False)]
+    assert {"Sigmoid", "Concat"} <= {n.op_type for n in q_decode}
+    for n in q_decode:
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            want = "Conv" if n.op_type == "QuantizeLinear" else "QuantizeLinear"
+            assert [by_name[p].op_type for p in _producers(q, n)] == [want], n.name
+    q_convs = [by_name[n] for n in head_nodes(q) if by_name[n].op_type == "Conv"]
+    assert len(q_convs) == 3 and all(any(by_name[i].op_type == "DequantizeLinear" for i in _producers(q, c))
+                                     for c in q_convs)
+
+
+def _producers(proto, node) -> list[str]:
+    return [n.name for n in proto.graph.node if set(n.output) & set(node.input)]

@@ -35,7 +35,6 @@ import torch
 import torch.nn as nn
 import yaml
 
-from .boxes import xywh2xyxy
 from .errors import UserError
 from .fileio import atomic_write, remove_stale_temps, temp_name
 from .backends import require_openvino
@@ -45,7 +44,7 @@ __all__ = ["ExportError", "ExportCheckError", "CheckResult", "INPUT_NAME", "OUTP
            "MIN_OPSET", "FORMATS", "ExportSpec", "onnx_metadata", "openvino_metadata", "torchscript_config",
            "export_onnx", "simplify_onnx", "check_onnx", "export_checked", "export_openvino",
            "export_torchscript", "export_formats", "onnx_output_path", "output_paths", "nms_detections",
-           "require_openvino", "atomic_folder"]
+           "require_openvino", "atomic_folder", "compare_runtime", "check_openvino", "check_torchscript"]
 
 INPUT_NAME, OUTPUT_NAME, NMS_OUTPUT_NAME = "images", "output0", "detections"
 MIN_OPSET = 11  # meshgrid/arange in the decode and nearest upsampling need opset 11+

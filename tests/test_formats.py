@@ -76,9 +76,11 @@ def test_outputs_are_named_as_upstream(work):
         assert (w / "tiny.onnx").is_file()
     if HAS_OV and HAS_ORT:
         folder = w / "tiny_openvino_model"
-        assert sorted(p.name for p in folder.iterdir()) == ["metadata.yaml", "tiny.bin", "tiny.xml"]
-        meta = yaml.safe_load((folder / "metadata.yaml").read_text())
-        assert meta["stride"] == 32 and meta["names"] == dict(enumerate(CLASS_NAMES))
+        assert sorted(p.name for p in folder.iterdir()) == ["metadata.yaml", "tiny.bin", "tiny.xml", "tiny.yaml"]
+        for name in ("metadata.yaml", "tiny.yaml"):  # upstream's DetectMultiBackend reads <xml stem>.yaml
+            meta = yaml.safe_load((folder / name).read_text())
+            stride, names = int(meta["stride"]), meta["names"]
+            assert stride == 32 and names == dict(enumerate(CLASS_NAMES))
     assert not [p for p in w.iterdir() if p.name.startswith(".")]  # no temporary files or folders left
 
 
@@ -163,7 +165,7 @@ def test_prune_detect_takes_every_format(work, tmp_path):
                                   "--conf", "0.3"]) == 0
         return [p.read_text() for p in sorted((tmp_path / name / "labels").glob("*.txt"))]
 
-    ref = labels(work / "weights" / "tiny.onnx" if HAS_ORT else work / "weights" / "tiny.torchscript", "ref")
+    ref = labels(work / "weights" / "tiny.pt", "ref")  # square 64 px sources: same letterbox as static graphs
     assert len(ref) == 4 and any(ref)
     for i, path in enumerate(_exported(work)):
         got = labels(path, f"f{i}")
@@ -276,3 +278,63 @@ def test_torchscript_model_runs_on_its_own(work):
     assert m.metadata["stride"] == "32"
     with pytest.raises(Exception, match="exported for 64x64"):
         m(torch.rand(1, 3, 96, 64))
+
+
+@needs_ov
+def test_openvino_half_and_upstream_metadata_file(work, tmp_path):
+    import shutil
+    w = tmp_path / "w.pt"
+    shutil.copy(work / "weights" / "tiny.pt", w)
+    assert export.main(["--weights", str(w), "--img", str(IMG), "--format", "openvino", "--half"]) == 0
+    folder = tmp_path / "w_openvino_model"
+    full = work / "weights" / "tiny_openvino_model" / "tiny.bin"
+    assert (folder / "w.bin").stat().st_size < 0.6 * full.stat().st_size  # compress_to_fp16
+    (folder / "metadata.yaml").unlink()  # upstream writes only <stem>.yaml: that is read too
+    m = OpenVinoModel(folder / "w.xml")
+    assert m.names == list(CLASS_NAMES) and int(m.stride.max()) == 32
+
+
+def test_missing_runtime_in_detect_and_val_is_one_sentence(work, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    w = work / "weights"
+    for weights, package in ((w / "tiny.onnx", "onnxruntime"), (w / "tiny_openvino_model", "openvino")):
+        if not weights.exists():
+            continue
+        assert prune_detect.main(["--weights", str(weights), "--source", str(work / "data" / "images" / "val"),
+                                  "--project", str(tmp_path), "--nosave"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"pip install {package}" in err, err
+        assert val.main(["--weights", str(weights), "--data", str(work / "data"), "--project", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"pip install {package}" in err, err
+    assert prune_detect.main(["--weights", str(w / "gone_openvino_model"), "--project", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_dynamic_torchscript_follows_the_input_size(work, tmp_path):
+    import shutil
+    w = tmp_path / "d.pt"
+    shutil.copy(work / "weights" / "tiny.pt", w)
+    assert export.main(["--weights", str(w), "--img", str(IMG), "--format", "torchscript", "--dynamic"]) == 0
+    m = TorchScriptModel(tmp_path / "d.torchscript")
+    assert m.fixed_shape is None and m.fixed_batch is None
+    x = torch.rand(2, 3, 96, 128, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = _confident_tiny_model()(x)[0]
+    y = m(x)[0]
+    assert y.shape == ref.shape and (y - ref).abs().max() <= 1e-3 * max(1.0, ref.abs().max().item())
+
+
+@needs_ort
+def test_static_batch_pads_the_last_chunk(work, tmp_path):
+    out = tmp_path / "b2.onnx"
+    assert export.main(["--weights", str(work / "weights" / "tiny.pt"), "--img", str(IMG), "--batch-size", "2",
+                        "--output", str(out)]) == 0
+    m = OnnxModel(out)
+    assert m.fixed_batch == 2
+    x = torch.rand(3, 3, IMG, IMG, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref = _confident_tiny_model()(x)[0]
+    y = m(x)[0]
+    assert y.shape == ref.shape and (y - ref).abs().max() <= 1e-3 * max(1.0, ref.abs().max().item())

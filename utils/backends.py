@@ -101,8 +101,9 @@ class OpenVinoModel(ExportedModel):
         self.fixed_shape = (h, w) if h and w else None
         self.fixed_batch = _dim(shape[0])
         out_shape = compiled.outputs[0].get_partial_shape()
-        meta = _openvino_meta(self.xml.parent)
-        names, strides = read_metadata(meta, str(self.xml.parent / "metadata.yaml"), _dim(out_shape[2]))
+        meta_file = _openvino_meta_file(self.xml)
+        meta = _openvino_meta(meta_file)
+        names, strides = read_metadata(meta, str(meta_file), _dim(out_shape[2]))
         self.names, self.stride, self.metadata = names, torch.tensor(strides), meta
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -133,15 +134,22 @@ def _openvino_xml(path: Path) -> Path:
     return path
 
 
-def _openvino_meta(folder: Path) -> dict[str, str]:
-    """metadata.yaml (upstream's file) as strings like ONNX metadata; {} when absent."""
-    file = folder / "metadata.yaml"
+def _openvino_meta_file(xml: Path) -> Path:
+    """``metadata.yaml`` in the model's folder, else ``<stem>.yaml`` beside the .xml (upstream's name)."""
+    first = xml.parent / "metadata.yaml"
+    return first if first.is_file() else xml.with_suffix(".yaml")
+
+
+def _openvino_meta(file: Path) -> dict[str, str]:
+    """The metadata YAML as strings like ONNX metadata; {} when absent."""
     if not file.is_file():
         return {}
     try:
         data = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as e:
         raise BackendError(f"{file}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise BackendError(f"{file}: expected a mapping with stride and names")
     return {str(k): repr(v) if not isinstance(v, str) else v for k, v in data.items()}
 
 

@@ -8,7 +8,8 @@ scores. Metadata follows upstream YOLOv5 so the tools users deploy with run our 
 * ONNX ``<stem>.onnx``: ``metadata_props`` ``stride`` (largest stride, '32'), ``names``
   ("{0: 'circle', ...}"), plus ``strides`` (per level), ``nc``, ``imgsz``, ``batch``, ``dynamic``.
 * OpenVINO ``<stem>_openvino_model/``: ``<stem>.xml`` + ``<stem>.bin`` converted from the ONNX
-  graph, and ``metadata.yaml`` (``stride``, ``names``; plus ``strides``, ``imgsz``).
+  graph, and the metadata (``stride``, ``names``; plus ``strides``, ``imgsz``) as ``metadata.yaml``
+  and as ``<stem>.yaml`` (the file upstream YOLOv5's DetectMultiBackend reads beside the .xml).
 * TorchScript ``<stem>.torchscript``: traced, with ``config.txt`` (json: ``shape``, ``stride``,
   ``names``; plus ``strides``, ``dynamic``) in its extra files.
 
@@ -44,7 +45,7 @@ __all__ = ["ExportError", "ExportCheckError", "CheckResult", "INPUT_NAME", "OUTP
            "MIN_OPSET", "FORMATS", "ExportSpec", "onnx_metadata", "openvino_metadata", "torchscript_config",
            "export_onnx", "simplify_onnx", "check_onnx", "export_checked", "export_openvino",
            "export_torchscript", "export_formats", "onnx_output_path", "output_paths", "nms_detections",
-           "require_openvino", "atomic_folder", "compare_runtime", "check_openvino", "check_torchscript"]
+           "require_openvino", "atomic_folder", "write_openvino_metadata", "compare_runtime", "check_openvino", "check_torchscript"]
 
 INPUT_NAME, OUTPUT_NAME, NMS_OUTPUT_NAME = "images", "output0", "detections"
 MIN_OPSET = 11  # meshgrid/arange in the decode and nearest upsampling need opset 11+
@@ -459,6 +460,14 @@ def openvino_metadata(model: nn.Module, img_size: tuple[int, int]) -> dict:
             "strides": strides, "imgsz": list(img_size)}
 
 
+def write_openvino_metadata(folder: Path, stem: str, metadata: dict) -> None:
+    """The same YAML twice: ``metadata.yaml`` and ``<stem>.yaml`` (the name upstream YOLOv5's
+    DetectMultiBackend reads beside ``<stem>.xml``)."""
+    text = yaml.safe_dump(metadata, sort_keys=False)
+    for name in ("metadata.yaml", f"{stem}.yaml"):
+        (folder / name).write_text(text)
+
+
 def check_openvino(xml: Path, model: nn.Module, spec: ExportSpec) -> list[CheckResult]:
     ov = require_openvino()
     compiled = ov.Core().compile_model(str(xml), "CPU")
@@ -469,7 +478,8 @@ def check_openvino(xml: Path, model: nn.Module, spec: ExportSpec) -> list[CheckR
 def export_openvino(model: nn.Module, folder: str | Path, spec: ExportSpec,
                     stem: str | None = None) -> list[CheckResult]:
     """``<folder>/<stem>.xml`` + ``.bin`` (converted from a fresh FP32 ONNX graph without NMS;
-    ``half`` compresses the weights to FP16) and ``metadata.yaml``, checked, written atomically."""
+    ``half`` compresses the weights to FP16) and the metadata (``metadata.yaml`` and
+    ``<stem>.yaml``), checked, written atomically."""
     ov = require_openvino()
     folder = Path(folder)
     stem = stem or folder.name.removesuffix("_openvino_model")
@@ -484,8 +494,7 @@ def export_openvino(model: nn.Module, folder: str | Path, spec: ExportSpec,
         xml = tmp / f"{stem}.xml"
         ov.save_model(ov.convert_model(str(onnx_file)), str(xml), compress_to_fp16=spec.half)
         onnx_file.unlink()
-        (tmp / "metadata.yaml").write_text(yaml.safe_dump(openvino_metadata(model, spec.img_size),
-                                                          sort_keys=False))
+        write_openvino_metadata(tmp, stem, openvino_metadata(model, spec.img_size))
         results.extend(_verify(lambda: check_openvino(xml, model, spec), folder))
 
     atomic_folder(folder, write)

@@ -25,12 +25,12 @@ from typing import Any, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
-import yaml
 
 from .augment import letterbox
 from .backends import require_openvino
 from .dataconfig import list_image_files
 from .errors import UserError
+from .export import write_openvino_metadata
 from .onnx_backend import read_metadata, require_onnx, require_onnxruntime
 
 __all__ = ["QuantizeError", "CalibrationImages", "head_nodes", "quantize_onnx", "openvino_from_onnx",
@@ -142,14 +142,15 @@ def quantize_onnx(fp32: Path, out: Path, calib: CalibrationImages, keep_head_fp3
 
 
 def openvino_from_onnx(onnx_file: Path, folder: Path, stem: str) -> Path:
-    """``folder/<stem>.xml`` + ``.bin`` + ``metadata.yaml`` (stride, names, strides) from an ONNX file."""
+    """``folder/<stem>.xml`` + ``.bin`` + metadata (stride, names, strides; ``metadata.yaml`` and
+    ``<stem>.yaml``) from an ONNX file."""
     ov, onnx = require_openvino(), require_onnx()
     folder.mkdir(parents=True, exist_ok=True)
     meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
     names, strides = read_metadata(meta, str(onnx_file), None)
     ov.save_model(ov.convert_model(str(onnx_file)), str(folder / f"{stem}.xml"), compress_to_fp16=False)
     data = {"stride": int(max(strides)), "names": dict(enumerate(names)), "strides": [int(s) for s in strides]}
-    (folder / "metadata.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    write_openvino_metadata(folder, stem, data)
     return folder
 
 

@@ -91,6 +91,9 @@ def run(opt: argparse.Namespace) -> dict:
         tmp = Path(tmp_name)
         fp32 = _fp32_onnx(weights, opt.img, tmp)
         fp32_model = load_backend(fp32)
+        if fp32_model.nc != data.nc:
+            raise QuantizeError(f"--weights {weights} has {fp32_model.nc} classes but --data {data.source} has "
+                                f"{data.nc}: pass weights and data that belong together")
         size = fp32_model.fixed_shape[0] if fp32_model.fixed_shape else check_img_size(opt.img, 32)[0]
         calib = CalibrationImages(data.train, size, opt.calib)
         print(f"Calibrating on {len(calib)} train images at {size}x{size} ({opt.runtime}, head "

@@ -156,3 +156,22 @@ def test_quantize_head_keeps_the_decode_fp32(work):
 
 def _producers(proto, node) -> list[str]:
     return [n.name for n in proto.graph.node if set(n.output) & set(node.input)]
+
+
+def test_onnx_input_and_class_mismatch(work, tmp_path, capsys):
+    src = tmp_path / "m.onnx"
+    assert export.main(["--weights", str(work / "tiny.pt"), "--img", str(IMG), "--output", str(src)]) == 0
+    assert quantize.main(["--weights", str(src), "--data", str(work / "data"), "--calib", "2", "--runs", "2",
+                          "--task", "val", "--json", str(tmp_path / "r.json")]) == 0
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["int8"] == str(tmp_path / "m_int8.onnx") and res["img"] == IMG and res["task"] == "val"
+    other = tmp_path / "other"
+    make_shapes_dataset(other, n_train=2, n_val=2, img_size=IMG, workers=0)
+    text = (other / "dataset.yaml").read_text()
+    (other / "dataset.yaml").write_text(text.replace("nc: 5", "nc: 4").replace(", ring]", "]"))
+    (tmp_path / "m_int8.onnx").unlink()
+    capsys.readouterr()
+    assert quantize.main(["--weights", str(src), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "classes" in err
+    assert not (tmp_path / "m_int8.onnx").exists()  # nothing written before the check

@@ -10,6 +10,7 @@ The runtimes are optional dependencies: a missing one is one sentence naming wha
 """
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 from pathlib import Path
@@ -24,7 +25,7 @@ from .onnx_backend import (ExportedModel, MissingDependencyError, OnnxModel, Onn
                            read_metadata)
 
 __all__ = ["weights_path", "OpenVinoModel", "TorchScriptModel", "load_backend", "backend_kind", "is_exported",
-           "require_openvino", "BackendError"]
+           "require_openvino", "openvino_core", "BackendError"]
 
 OPENVINO_SUFFIX = "_openvino_model"
 
@@ -41,6 +42,14 @@ def require_openvino() -> Any:
         raise MissingDependencyError("openvino is not installed; it is needed to run OpenVINO models: "
                                      "pip install openvino") from None
     return openvino
+
+
+@functools.lru_cache(maxsize=1)
+def openvino_core() -> Any:
+    """One OpenVINO Core for the process, kept alive for as long as the compiled models that
+    came from it (a Core destroyed before its compiled models can crash the process at exit
+    or garbage collection)."""
+    return require_openvino().Core()
 
 
 def backend_kind(path: str | Path) -> str | None:
@@ -85,9 +94,9 @@ class OpenVinoModel(ExportedModel):
 
     def __init__(self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None):
         super().__init__(path, device)
-        ov = require_openvino()
+        require_openvino()  # the one-sentence error when it is missing, even with a cached Core
         self.xml = _openvino_xml(self.path)
-        core = ov.Core()
+        core = openvino_core()
         config = {"INFERENCE_NUM_THREADS": int(threads)} if threads else {}
         try:
             compiled = core.compile_model(str(self.xml), "CPU", config)
@@ -160,6 +169,19 @@ def _jit_load(path: str, **kw: Any) -> Any:
         return torch.jit.load(path, **kw)
 
 
+def _torchscript_config(text: str, path: Path) -> dict:
+    """config.txt as upstream writes it (json; ``names`` keys are strings there) with int class ids."""
+    if not text:
+        return {}
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError:
+        raise BackendError(f"{path}: its config.txt is not JSON; export it again with export.py") from None
+    if isinstance(config.get("names"), dict):
+        config["names"] = {int(k): v for k, v in config["names"].items()}
+    return config
+
+
 class TorchScriptModel(ExportedModel):
     """A traced ``.torchscript`` detector (upstream's ``config.txt`` metadata) on any torch device.
     The scripted module is ``.script`` (not ``.module``, which callers take for a DDP wrapper)."""
@@ -177,11 +199,8 @@ class TorchScriptModel(ExportedModel):
             detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"{self.path}: torch cannot load the TorchScript model ({detail}); export "
                                f"it again with export.py --format torchscript") from None
-        config = json.loads(extra["config.txt"]) if extra["config.txt"] else {}
+        config = _torchscript_config(extra["config.txt"], self.path)
         meta = {k: repr(v) if not isinstance(v, str) else v for k, v in config.items()}
-        meta["names"] = repr({int(k): v for k, v in config.get("names", {}).items()}) if "names" in config else ""
-        if not meta["names"]:
-            del meta["names"]
         self.names, strides = read_metadata(meta, f"{self.path} config.txt", None)
         self.stride, self.metadata = torch.tensor(strides), meta
         shape = config.get("shape")

@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if kind is not None:
         raise ExportError(f"--weights {opt.weights}: already an {DISPLAY[kind]} file; give the .pt checkpoint")
     weights = weights_file(opt.weights)
-    require_onnx()  # fail before the slow part when the optional dependency is missing
+    if {"onnx", "openvino"} & set(opt.format):
+        require_onnx()  # fail before the slow part when the optional dependency is missing
     paths = output_paths(weights, opt.format, opt.output)
     model = load_model(weights, select_device(opt.device), verbose=False)
     strides = [int(s) for s in model.stride.tolist()]

@@ -338,3 +338,12 @@ def test_static_batch_pads_the_last_chunk(work, tmp_path):
         ref = _confident_tiny_model()(x)[0]
     y = m(x)[0]
     assert y.shape == ref.shape and (y - ref).abs().max() <= 1e-3 * max(1.0, ref.abs().max().item())
+
+
+def test_torchscript_alone_needs_no_onnx(work, tmp_path, monkeypatch):
+    import shutil
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    w = tmp_path / "t.pt"
+    shutil.copy(work / "weights" / "tiny.pt", w)
+    assert export.main(["--weights", str(w), "--img", str(IMG), "--format", "torchscript"]) == 0
+    assert (tmp_path / "t.torchscript").is_file() and not (tmp_path / "t.onnx").exists()

@@ -1,4 +1,4 @@
-"""Step 5: run a detector (pruned or not, .pt or .onnx) on images and videos and save the results.
+"""Step 5: run a detector (pruned or not; .pt, ONNX, OpenVINO or TorchScript) on images and videos and save the results.
 
     python prune_detect.py --weights weights/last_s_hand_finetune.pt --img 640 --conf 0.7 \
         --source inference/images
@@ -7,8 +7,9 @@
 copies keep their source's file name and extension and go directly into ``runs/detect/expN`` (or
 ``--project/--name``); ``--save-txt`` adds YOLO labels ``labels/<stem>.txt`` (video frames:
 ``<stem>_<frame>.txt``) with lines ``cls cx cy w h [conf]`` normalised to the original image.
-Weights may be our checkpoints, upstream YOLOv5 ``.pt`` files or ``.onnx`` exports (class names and
-strides read from the ONNX metadata). Files that cannot be read (empty, truncated, not an image)
+Weights may be our checkpoints, upstream YOLOv5 ``.pt`` files or export.py's outputs: ``.onnx``,
+an OpenVINO ``<stem>_openvino_model/`` folder or its ``.xml``, ``.torchscript`` (class names and
+strides read from their metadata; onnxruntime or openvino must be installed for those). Files that cannot be read (empty, truncated, not an image)
 are skipped with a warning each and counted at the end; the run fails only when none can be read.
 """
 from __future__ import annotations
@@ -17,9 +18,9 @@ import argparse
 import sys
 from typing import Sequence
 
+from utils.backends import weights_path
 from utils.detect import DetectOptions, detect
 from utils.errors import cli_main, fraction, positive_int
-from utils.sources import weights_file
 from utils.torch_utils import select_device
 
 __all__ = ["parse_args", "main"]
@@ -29,7 +30,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--weights", nargs="+", default=[DetectOptions.weights],
-                   help="checkpoint (.pt, ours or upstream) or .onnx file; only the first is used")
+                   help="checkpoint (.pt, ours or upstream), .onnx, OpenVINO folder or .xml, or .torchscript; "
+                        "only the first is used")
     p.add_argument("--source", default=None,
                    help="image, video, folder, glob or .txt list (default: the built-in val images)")
     p.add_argument("--img", "--img-size", "--imgsz", dest="img", type=positive_int, nargs="+", default=[640],
@@ -70,7 +72,7 @@ def options(opt: argparse.Namespace) -> DetectOptions:
 def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     opts = options(opt)
-    weights_file(opts.weights)
+    weights_path(opts.weights)
     detect(opts, select_device(opt.device))
     return 0
 

@@ -2,7 +2,9 @@
 
     python val.py --weights runs/train/exp/weights/best.pt --data data/coco_hand.yaml --img 640
 
-Takes our checkpoints and upstream YOLOv5 v6 .pt files. Writes <project>/<name>/metrics.json
+Takes our checkpoints, upstream YOLOv5 v6 .pt files and export.py's outputs (.onnx, an OpenVINO
+``<stem>_openvino_model/`` folder or its .xml, .torchscript); a static exported graph is evaluated at
+the size it was exported for, with square letterboxed batches. Writes <project>/<name>/metrics.json
 (keys P, R, mAP50, mAP50-95, per_class, speed), PR_curve.png, F1_curve.png and
 confusion_matrix.png; --save-json adds predictions.json (COCO results), scored with pycocotools
 when --coco-ann names the COCO annotation file.
@@ -15,12 +17,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import torch
+
 from models import load_model
+from utils.backends import load_backend, weights_path
 from utils.dataconfig import load_data_config
 from utils.errors import cli_main, fraction, nonneg_int, positive_int
 from utils.evaluate import EvalResult, evaluate_dataset
 from utils.general import increment_path, set_cpu_threads
-from utils.sources import weights_file
 from utils.torch_utils import select_device
 
 ROOT = Path(__file__).resolve().parent
@@ -29,7 +33,7 @@ ROOT = Path(__file__).resolve().parent
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--weights", type=str, required=True, help="checkpoint (ours or upstream YOLOv5 .pt)")
+    p.add_argument("--weights", type=str, required=True, help="checkpoint (ours or upstream YOLOv5 .pt), .onnx, OpenVINO folder/.xml or .torchscript")
     p.add_argument("--cfg", type=str, default=None,
                    help="model .cfg/.yaml; only for bare state dicts or to check the checkpoint's network")
     p.add_argument("--data", type=str, default=None, help="dataset .yaml or .data (default: built-in)")
@@ -55,15 +59,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def load_evaluated(weights: Path, device, opt: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
+    """(model, extra evaluate() arguments): an exported model runs as it is (no BN folding, no
+    fp16 or memory-layout copy); a checkpoint is loaded as usual."""
+    exported = load_backend(weights, device)
+    if exported is None:
+        if opt.half and device.type != "cuda":
+            print("WARNING: --half needs CUDA; evaluating in fp32")
+        return load_model(weights, device, cfg=opt.cfg), {}
+    if opt.cfg:
+        print(f"--cfg: ignored for {exported.kind} models (the network is in the file)")
+    if opt.half:
+        print(f"--half: ignored for {exported.kind} models (they run in the precision they were exported in)")
+    opt.half = False
+    return exported, {"fuse": False, "channels_last": False}
+
+
 def run(opt: argparse.Namespace) -> tuple[EvalResult, Path]:
     """Evaluate as ``opt`` says; returns (EvalResult, run folder)."""
-    weights = weights_file(opt.weights)
+    weights = weights_path(opt.weights)
     if opt.coco_ann and not Path(opt.coco_ann).is_file():
         raise FileNotFoundError(f"--coco-ann {opt.coco_ann}: file not found")
     device = select_device(opt.device)
-    if opt.half and device.type != "cuda":
-        print("WARNING: --half needs CUDA; evaluating in fp32")
-    model = load_model(weights, device, cfg=opt.cfg)
+    model, extra = load_evaluated(weights, device, opt)
     data = load_data_config(opt.data)
     save_dir = increment_path(Path(opt.project) / opt.name, exist_ok=opt.exist_ok, mkdir=True)
     t0 = time.perf_counter()
@@ -72,7 +90,7 @@ def run(opt: argparse.Namespace) -> tuple[EvalResult, Path]:
                               iou_thres=opt.iou_thres, max_det=opt.max_det, half=opt.half,
                               save_dir=save_dir, plots=not opt.no_plots,
                               save_json=opt.save_json or bool(opt.coco_ann), coco_ann=opt.coco_ann,
-                              verbose=opt.verbose or 1 < data.nc < 50, single_cls=opt.single_cls)
+                              verbose=opt.verbose or 1 < data.nc < 50, single_cls=opt.single_cls, **extra)
     seconds = time.perf_counter() - t0
     print(f"{result.images} images in {seconds:.1f} s ({result.images / max(seconds, 1e-9):.1f} images/s, "
           f"loading and plots included)")

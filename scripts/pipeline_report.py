@@ -6,7 +6,10 @@
 Writes ``<run>/report.json``, ``<run>/report.md`` (with the plots of the run) and prints the table.
 Latency: batch 1, BN fused, one CPU thread, median of 50 rounds in which the five models are timed
 one after the other (round-robin, so a change of machine load hits all of them alike), after
-warm-up; plus CUDA when present.
+warm-up; plus CUDA when present. ``--int8 int8.json`` (quantize.py's output, INT8=1 in the
+pipeline) adds the row "INT8 (ONNX Runtime)": the final model quantized, its mAP on the same split,
+the INT8 file's size, and its ONNX Runtime latency (1 thread, batch 1) with the FP32 ONNX Runtime
+latency measured alongside it in the note below the table (runtimes differ from the PyTorch rows).
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 TARGETS = {"baseline_mAP50": 0.7, "param_reduction": 0.5, "flop_reduction": 0.5, "mAP50_drop": 0.03}
 STAGES = [("baseline", "base"), ("sparse", "sparse"), ("pruned", "pruned"),
           ("finetuned", "finetune"), ("finetuned+distill", "distill")]
+INT8_STAGE = "INT8 (ONNX Runtime)"
 
 
 def measure_stage(weights: Path, data_cfg, img: int, batch: int, workers: int) -> tuple[dict, object]:
@@ -63,6 +67,30 @@ def interleaved_latency(models: list, img: int, device: str, rounds: int, warmup
                 sync()
                 times[k].append((time.perf_counter() - t) * 1000)
     return [statistics.median(t) for t in times]
+
+
+def int8_stage(path: Path, final: dict) -> dict:
+    """The report row of quantize.py's results: architecture figures of the final model, INT8's
+    accuracy, file size and ONNX Runtime latency; FP32 ONNX Runtime figures kept for the note."""
+    res = json.loads(path.read_text())
+    int8, fp32 = res["models"]["INT8"], res["models"]["FP32"]
+    out = Path(res["int8"])
+    size = sum(f.stat().st_size for f in out.rglob("*")) if out.is_dir() else out.stat().st_size
+    return {"weights": str(out), "mAP50": float(int8["mAP50"]), "mAP50-95": float(int8["mAP50-95"]),
+            "params": final["params"], "flops": final["flops"], "size_mb": size / 1e6,
+            "cpu_ms": float(int8["median_ms"]), "gpu_ms": None, "runtime": res["runtime"],
+            "fp32_runtime": {"mAP50": float(fp32["mAP50"]), "mAP50-95": float(fp32["mAP50-95"]),
+                             "cpu_ms": float(fp32["median_ms"])}, "head": res.get("head")}
+
+
+def int8_note(stages: dict) -> str | None:
+    s = stages.get(INT8_STAGE)
+    if s is None:
+        return None
+    f = s["fp32_runtime"]
+    return (f"{INT8_STAGE}: latency measured with {s['runtime']} (1 thread, batch 1); the same model in FP32 "
+            f"there: {f['cpu_ms']:.1f} ms, mAP@.5 {f['mAP50']:.4f}, mAP@.5:.95 {f['mAP50-95']:.4f} "
+            f"(INT8 {s['cpu_ms'] and f['cpu_ms'] / s['cpu_ms']:.2f}x faster); detection head kept {s['head']}")
 
 
 def ratios(stages: dict) -> None:
@@ -109,6 +137,9 @@ def markdown(report: dict, run: Path) -> str:
         lines.append(f"| {name} | {s['mAP50']:.4f} | {s['mAP50-95']:.4f} | {s['params']:,} | "
                      f"{s['flops'] / 1e9:.3f} | {s['size_mb']:.2f} | {s['cpu_ms']:.1f} | {gpu} | "
                      f"{r.get('params', 0):.3f} | {r.get('flops', 0):.3f} | {r.get('cpu_ms', 0):.3f} |")
+    note = int8_note(report["stages"])
+    if note:
+        lines += ["", note]
     lines += ["", "Step times (s): " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()), ""]
     if report["targets"] is not None:
         lines.append("Targets: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}"
@@ -142,6 +173,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", type=int, default=0, help="1: smoke run, accuracy targets do not apply")
     for _, key in STAGES:
         p.add_argument(f"--{key}", required=True, help=f"{key} checkpoint")
+    p.add_argument("--int8", default=None, help="quantize.py --json output: adds the INT8 row")
     return p.parse_args(argv)
 
 
@@ -169,6 +201,8 @@ def main(argv=None) -> int:
     if torch.cuda.is_available():
         for s, ms in zip(stages.values(), interleaved_latency(fused, opt.img, "cuda", rounds=100)):
             s["gpu_ms"] = ms
+    if opt.int8:
+        stages[INT8_STAGE] = int8_stage(Path(opt.int8), stages["finetuned+distill"])
     ratios(stages)
     timings = {}
     tf = run / "timings.txt"
@@ -188,6 +222,8 @@ def main(argv=None) -> int:
     (run / "report.json").write_text(json.dumps(report, indent=2))
     (run / "report.md").write_text(markdown(report, run))
     print(table(stages))
+    if int8_note(stages):
+        print(int8_note(stages))
     if report["targets"] is not None:
         for k, ok in report["targets"].items():
             print(f"  {'met   ' if ok else 'MISSED'}  {k}")

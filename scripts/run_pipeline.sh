@@ -8,7 +8,8 @@
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
 # FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
-# PYTHON QUICK HYP (step 1) FT_HYP (steps 2 and 4). TARGET_FLOPS (the fraction of the FLOPs to
+# PYTHON QUICK HYP (step 1) FT_HYP (steps 2 and 4) INT8 (1: quantize the final model to INT8 with
+# quantize.py and add its row to the report; CALIB calibration images, default 300). TARGET_FLOPS (the fraction of the FLOPs to
 # keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
@@ -113,8 +114,17 @@ SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA'
 step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --source "$SOURCE" --line-thickness 1 \
   --project "$OUT" --name detect --exist-ok
 
+# 6. optional: INT8 post-training quantization of the final model (ONNX Runtime, QDQ)
+INT8_ARGS=()
+if [ "${INT8:-0}" = 1 ]; then
+  CALIB=${CALIB:-$([ "$QUICK" = 1 ] && echo 16 || echo 300)}
+  step int8 $PY quantize.py --weights "$FINAL" --data "$DATA" --img "$IMG" --calib "$CALIB" --task val \
+    --runtime onnxruntime --json "$OUT/int8.json"
+  INT8_ARGS=(--int8 "$OUT/int8.json")
+fi
+
 # report
 echo "total $(( $(date +%s) - T_START ))" >> "$OUT/timings.txt"
 step report $PY scripts/pipeline_report.py --run "$OUT" --data "$DATA" --img "$IMG" \
   --base "$BASE" --sparse "$SPARSE" --pruned "$PRUNED" --finetune "$OUT/finetune/weights/best.pt" \
-  --distill "$FINAL" --quick "$QUICK"
+  --distill "$FINAL" --quick "$QUICK" "${INT8_ARGS[@]}"

@@ -232,6 +232,32 @@ def test_onnx_gives_the_same_boxes_as_pt(workdir, tmp_path, capsys):
     assert any(name in printed for name in NAMES)  # class names come from the ONNX metadata
 
 
+HAS_OV = HAS_ORT and importlib.util.find_spec("openvino") is not None
+
+
+@pytest.mark.parametrize("fmt, name", [
+    pytest.param("openvino", "tiny_openvino_model", marks=pytest.mark.skipif(not HAS_OV, reason="openvino not installed")),
+    pytest.param("openvino", "tiny_openvino_model/tiny.xml",
+                 marks=pytest.mark.skipif(not HAS_OV, reason="openvino not installed")),
+    ("torchscript", "tiny.torchscript")])
+def test_other_formats_give_the_same_boxes_as_pt(workdir, tmp_path, capsys, fmt, name):
+    """An OpenVINO folder, its .xml, or a .torchscript file as --weights: the .pt's boxes and names."""
+    import shutil
+    weights = tmp_path / "tiny.pt"
+    shutil.copy(workdir / "weights" / "tiny.pt", weights)
+    assert export.main(["--weights", str(weights), "--img", IMG, "--format", fmt]) == 0
+    args = ("--save-txt", "--save-conf", "--nosave", "--max-det", "20")
+    pt = _run(workdir, tmp_path / "pt", *args, source=str(workdir / "src" / "a.jpg"))
+    capsys.readouterr()
+    other = _run(workdir, tmp_path / fmt, *args, weights=tmp_path / name, source=str(workdir / "src" / "a.jpg"))
+    printed = capsys.readouterr().out
+    a, b = _read_labels(pt.label_files[0]), _read_labels(other.label_files[0])
+    assert len(a) > 1 and a.shape == b.shape
+    order_a, order_b = np.lexsort(a.T[::-1]), np.lexsort(b.T[::-1])
+    np.testing.assert_allclose(a[order_a], b[order_b], atol=1e-4)
+    assert any(n in printed for n in NAMES)  # class names come from the format's metadata
+
+
 @pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
 def test_onnx_static_size_overrides_img(workdir, tmp_path, capsys):
     onnx_path = tmp_path / "fixed.onnx"
@@ -474,9 +500,9 @@ def test_no_function_level_imports_of_project_modules():
     dependencies such as onnx, onnxruntime, tqdm or pycocotools may be imported where used)."""
     import ast
     root = Path(__file__).resolve().parents[1]
-    files = ["export.py", "prune_detect.py", "val.py"] + [f"utils/{m}.py" for m in (
-        "detect", "export", "timing", "onnx_backend", "sources", "annotate", "evaluate", "metrics", "boxes",
-        "plots")]
+    files = ["export.py", "prune_detect.py", "val.py", "quantize.py"] + [f"utils/{m}.py" for m in (
+        "detect", "export", "timing", "onnx_backend", "backends", "quantize", "sources", "annotate", "evaluate",
+        "metrics", "boxes", "plots")]
     project = {p.stem for p in root.glob("*.py")} | {"models", "utils", "data"}
     for name in files:
         tree = ast.parse((root / name).read_text())

@@ -2,6 +2,7 @@
 failures and their one-sentence error path."""
 from __future__ import annotations
 
+import ast
 import copy
 import errno
 import importlib.util
@@ -21,6 +22,7 @@ from utils.onnx_backend import MissingDependencyError, OnnxModelError, parse_nam
 
 NAMES = ["circle", "cross", "square"]
 HAS_ORT = importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+HAS_SLIM = any(importlib.util.find_spec(m) is not None for m in ("onnxslim", "onnxsim"))
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed")
 
 
@@ -62,7 +64,8 @@ def test_round_trip_static(weights, capsys):
     proto = onnx.load(str(out))
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["names"] == "{0: 'circle', 1: 'cross', 2: 'square'}"
-    assert parse_stride(meta["stride"]) == [8.0, 16.0, 32.0]
+    assert meta["stride"] == "32"  # upstream's convention: the largest stride as an integer string
+    assert parse_stride(meta["strides"]) == [8.0, 16.0, 32.0]
     assert [o.name for o in proto.graph.output] == ["output0"]
     dims = [d.dim_value for d in proto.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, 3 * (8 * 8 + 4 * 4 + 2 * 2), 5 + len(NAMES)]
@@ -83,7 +86,8 @@ def test_round_trip_static(weights, capsys):
 def test_round_trip_dynamic_and_output_option(weights, tmp_path):
     from utils.onnx_backend import OnnxModel
     out = tmp_path / "sub" / "dyn.onnx"
-    assert export.main(["--weights", str(weights), "--img", "64", "--dynamic", "--simplify",
+    simplify = ["--simplify"] if HAS_SLIM else []  # without a simplifier --simplify is an error
+    assert export.main(["--weights", str(weights), "--img", "64", "--dynamic", *simplify,
                         "--output", str(out)]) == 0
     model = OnnxModel(out)
     assert model.dynamic and model.fixed_batch is None
@@ -196,7 +200,7 @@ def test_ctrl_c_exits_130(weights, tmp_path, monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export, "export_checked", interrupted)
+    monkeypatch.setattr(export, "export_formats", interrupted)
     assert export.main(["--weights", str(weights), "--img", "64", "--output", str(tmp_path / "m.onnx")]) == 130
     assert "Traceback" not in capsys.readouterr().err
 
@@ -232,7 +236,8 @@ def test_metadata_parsers():
 def test_metadata_content(weights):
     model = load_model(weights, "cpu", verbose=False)
     meta = onnx_metadata(model, (64, 96), 1, False)
-    assert parse_names(meta["names"]) == NAMES and meta["stride"] == "[8, 16, 32]"
+    assert parse_names(meta["names"]) == NAMES and meta["stride"] == "32" and meta["strides"] == "[8, 16, 32]"
+    assert int(meta["stride"]) == 32 and ast.literal_eval(meta["names"]) == dict(enumerate(NAMES))
     assert meta["imgsz"] == "[64, 96]"
     assert meta["nc"] == str(model.nc) and meta["dynamic"] == "False"
 

@@ -1,7 +1,8 @@
 """Detection on images and videos: load a detector, run it frame by frame, write what was asked.
 
-Weights may be our checkpoints, upstream YOLOv5 ``.pt`` files or ``.onnx`` exports (class names and
-strides read from the ONNX metadata). Annotated copies keep their source's file name and extension
+Weights may be our checkpoints, upstream YOLOv5 ``.pt`` files or exports (``.onnx``, an OpenVINO
+``<stem>_openvino_model/`` folder or its ``.xml``, ``.torchscript``; class names and strides read
+from their metadata). Annotated copies keep their source's file name and extension
 and go directly into the run folder; ``save_txt`` adds YOLO labels ``labels/<stem>.txt`` (video
 frames: ``<stem>_<frame>.txt``) with lines ``cls cx cy w h [conf]`` normalised to the original image.
 A source file that cannot be read is skipped with one warning naming it; the run carries on and
@@ -27,7 +28,7 @@ from .augment import letterbox
 from .boxes import non_max_suppression, scale_boxes, xyxy2xywhn
 from .dataconfig import load_data_config
 from .general import check_img_size, increment_path
-from .onnx_backend import OnnxModel, is_onnx
+from .backends import load_backend
 from .sources import Frame, ReadProblem, SourceError, iter_frames, resolve_sources, video_fourcc
 from .timing import StageTimer
 
@@ -93,14 +94,16 @@ def default_source() -> str:
 
 # -------------------------------------------------------------------------------- model, frames
 def load_detector(weights: str | Path, device: torch.device, half: bool = False) -> tuple[torch.nn.Module, bool]:
-    """(eval model returning ``(y, raw)``, whether it runs in fp16) for a .pt or .onnx file.
+    """(eval model returning ``(y, raw)``, whether it runs in fp16) for a .pt checkpoint or an
+    exported model (.onnx, OpenVINO folder or .xml, .torchscript; see :mod:`utils.backends`).
 
     fp16 is used only for PyTorch models on CUDA; elsewhere the request is explained and dropped.
     """
-    if is_onnx(weights):
+    exported = load_backend(weights, device)
+    if exported is not None:
         if half:
-            print("--half: ignored for ONNX models (they run in the precision they were exported in)")
-        return OnnxModel(weights, device), False
+            print(f"--half: ignored for {exported.kind} models (they run in the precision they were exported in)")
+        return exported, False
     model = load_model(weights, device, verbose=False).fuse().eval()  # a fresh model: fused in place
     for p in model.parameters():
         p.requires_grad_(False)
@@ -143,7 +146,7 @@ def model_input_size(model: torch.nn.Module, img: Sequence[int]) -> tuple[tuple[
         return check_img_size(img, int(max(model.stride.tolist()))), True
     wanted = (img[0], img[0]) if len(img) == 1 else (img[0], img[1])
     if wanted != tuple(fixed):
-        print(f"--img {' '.join(map(str, img))}: the ONNX model was exported for {fixed[0]}x{fixed[1]}; "
+        print(f"--img {' '.join(map(str, img))}: the {getattr(model, 'kind', 'exported')} model was exported for {fixed[0]}x{fixed[1]}; "
               f"using that (export with --dynamic for other sizes)")
     return tuple(fixed), False
 

@@ -372,6 +372,20 @@ def _write_json(rows: list[dict], image_ids: list, save_dir: Path | None, coco_a
     return coco
 
 
+def _eval_size(net: torch.nn.Module, img_size: int, stride: int) -> tuple[int, bool]:
+    """(letterbox size, rectangular batches): an exported graph with a static input shape
+    (``fixed_shape``, see :mod:`utils.backends`) takes square batches of exactly its size."""
+    fixed = getattr(net, "fixed_shape", None)
+    if fixed is None:
+        return check_img_size(img_size, stride)[0], True
+    if fixed[0] != fixed[1]:
+        raise EvalError(f"{getattr(net, 'path', 'the model')} was exported for {fixed[0]}x{fixed[1]} inputs; "
+                        f"evaluation needs a square or --dynamic export")
+    if img_size != fixed[0]:
+        print(f"--img {img_size}: the model was exported for {fixed[0]}x{fixed[1]}; evaluating at that size")
+    return int(fixed[0]), False
+
+
 def evaluate_dataset(model: torch.nn.Module, data_cfg: Any, img_size: int = 640, batch_size: int = 16,
                      workers: int = 0, task: str = "val", **kw) -> EvalResult:
     """Evaluate on a dataset description (path, loaded config, or None for the built-in dataset):
@@ -389,8 +403,8 @@ def evaluate_dataset(model: torch.nn.Module, data_cfg: Any, img_size: int = 640,
         raise EvalError(f"the model has {net.nc} classes but {getattr(cfg, 'source', data_cfg)} has "
                         f"{cfg.nc}: pass weights and data that belong together (or --single-cls)")
     stride = max(int(float(net.stride.max())), 32)
-    size = check_img_size(img_size, stride)[0]
-    loader, _ = create_dataloader(files, size, batch_size, stride, rect=True, pad=0.5, workers=workers,
+    size, rect = _eval_size(net, img_size, stride)
+    loader, _ = create_dataloader(files, size, batch_size, stride, rect=rect, pad=0.5, workers=workers,
                                   shuffle=False, nc=cfg.nc, prefix=f"{task}: ")
     kw.setdefault("names", list(cfg.names) if cfg.names else None)
     return evaluate(model, loader, **kw)

@@ -26,7 +26,7 @@ import torch
 
 from models import load_model
 from utils.backends import OpenVinoModel, load_backend
-from utils.datasets import load_data_config
+from utils.dataconfig import load_data_config
 from utils.errors import cli_main, positive_int
 from utils.evaluate import evaluate_dataset
 from utils.export import ExportSpec, atomic_folder, export_checked

@@ -111,7 +111,7 @@ def _latency(factories: dict[str, Callable], opt: argparse.Namespace, threads: i
 def run(opt: argparse.Namespace) -> dict:
     import torch
 
-    from utils.datasets import load_data_config
+    from utils.dataconfig import load_data_config
     data = load_data_config(opt.data)
     task = "test" if data.test else "val"
     results: dict[str, dict] = {}

@@ -42,7 +42,7 @@ import accuracy_common as ac  # noqa: E402
 import frontier_stages as fs  # noqa: E402
 from bench_prune_latency import TP_VERSION, round_robin  # noqa: E402
 from models import build_model, load_checkpoint, load_model  # noqa: E402
-from utils.datasets import load_data_config  # noqa: E402
+from utils.dataconfig import load_data_config  # noqa: E402
 from utils.errors import UserError, cli_main, nonneg_int, open_fraction, positive_float, positive_int  # noqa: E402
 from utils.general import check_img_size  # noqa: E402
 from utils.onnx_backend import require_onnxruntime  # noqa: E402

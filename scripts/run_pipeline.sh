@@ -16,7 +16,7 @@
 #
 # The defaults are chosen for a 2-core CPU: yolov5n at 160 px, AdamW (it converges from scratch
 # several times faster than SGD on this data), gradient accumulation to 16 images (--nbs 16: more
-# optimizer steps on a small dataset), sparsity strength 0.003; sparsity training and finetuning
+# optimizer steps on a small dataset), sparsity strength 0.03; sparsity training and finetuning
 # continue from trained weights with data/hyps/hyp.finetune.yaml (half the learning rate, no raised
 # bias learning rate at the start of warm-up).
 set -uo pipefail
@@ -31,7 +31,7 @@ WEIGHTS=${WEIGHTS:-}
 DEVICE=${DEVICE:-}
 STRATEGY=${STRATEGY:-8x}
 LAYER_KEEP=${LAYER_KEEP:-0.01}
-SCALE=${SCALE:-0.003}
+SCALE=${SCALE:-0.03}
 HYP=${HYP:-data/hyps/hyp.scratch-low.yaml}
 FT_HYP=${FT_HYP:-data/hyps/hyp.finetune.yaml}
 BATCH=${BATCH:-16}

@@ -102,7 +102,7 @@ def ratios(stages: dict) -> None:
 
 
 def check_targets(stages: dict) -> dict:
-    base, final = stages["baseline"], stages["finetuned+distill"]
+    base, final = stages["baseline"], stages["finetuned"]
     checks = {
         "baseline mAP@0.5 >= 0.7": base["mAP50"] >= TARGETS["baseline_mAP50"],
         "final params >= 50% fewer": final["params"] <= (1 - TARGETS["param_reduction"]) * base["params"],
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
         for s, ms in zip(stages.values(), interleaved_latency(fused, opt.img, "cuda", rounds=100)):
             s["gpu_ms"] = ms
     if opt.int8:
-        stages[INT8_STAGE] = int8_stage(Path(opt.int8), stages["finetuned+distill"])
+        stages[INT8_STAGE] = int8_stage(Path(opt.int8), stages["finetuned"])
     ratios(stages)
     timings = {}
     tf = run / "timings.txt"

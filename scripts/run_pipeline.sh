@@ -107,7 +107,7 @@ step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "
 step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
   --weights "$PRUNED" \
   --name finetune_distill --distill --t_weights "$BASE"
-FINAL=$OUT/finetune_distill/weights/best.pt
+FINAL=$OUT/finetune/weights/best.pt  # plain finetuning: distillation did not beat it on the built-in data
 
 # 5. detection with the final model
 SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
@@ -127,4 +127,4 @@ fi
 echo "total $(( $(date +%s) - T_START ))" >> "$OUT/timings.txt"
 step report $PY scripts/pipeline_report.py --run "$OUT" --data "$DATA" --img "$IMG" \
   --base "$BASE" --sparse "$SPARSE" --pruned "$PRUNED" --finetune "$OUT/finetune/weights/best.pt" \
-  --distill "$FINAL" --quick "$QUICK" "${INT8_ARGS[@]}"
+  --distill "$OUT/finetune_distill/weights/best.pt" --quick "$QUICK" "${INT8_ARGS[@]}"

@@ -35,7 +35,7 @@ def _plan(tmp_path, **kw) -> list:
 # ------------------------------------------------------------------------------------ settings
 def test_pipeline_defaults_come_from_run_pipeline_sh():
     d = fs.pipeline_defaults()
-    assert d["optimizer"] == "AdamW" and d["img"] == "160" and d["scale"] == "0.003"
+    assert d["optimizer"] == "AdamW" and d["img"] == "160" and d["scale"] == "0.03"
     assert d["ft_hyp"].endswith("hyp.finetune.yaml") and d["layer_keep"] == "0.01"
     text = 'if q; then\n  IMG=${IMG:-128}; EPOCHS=${EPOCHS:-2}\nelse\n  IMG=${IMG:-160}\nfi\nNBS=${NBS-8}\n'
     assert fs.pipeline_defaults(text) == {"img": "160", "nbs": "8"}  # the full run's branch wins

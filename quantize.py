@@ -29,7 +29,8 @@ from utils.backends import OpenVinoModel, load_backend
 from utils.dataconfig import load_data_config
 from utils.errors import cli_main, positive_int
 from utils.evaluate import evaluate_dataset
-from utils.export import ExportSpec, atomic_folder, export_checked
+from utils.export import ExportSpec, export_checked
+from utils.fileio import atomic_folder
 from utils.fileio import atomic_write, atomic_write_text
 from utils.general import check_img_size
 from utils.onnx_backend import is_onnx

@@ -19,7 +19,8 @@ import val
 from models import build_model, save_checkpoint
 from utils.backends import OpenVinoModel, TorchScriptModel, backend_kind, load_backend
 from utils.boxes import non_max_suppression
-from utils.export import ExportCheckError, ExportSpec, atomic_folder, export_openvino, nms_detections
+from utils.export import ExportCheckError, ExportSpec, export_openvino, nms_detections
+from utils.fileio import atomic_folder
 from utils.onnx_backend import MissingDependencyError, OnnxModel
 from utils.synthetic import CLASS_NAMES, make_shapes_dataset
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from utils.fileio import target_of
 
-__all__ = ["UserError", "cli_main", "describe_error", "positive_int", "nonneg_int", "positive_float",
+__all__ = ["UserError", "cli_main", "describe_error", "parse_number", "positive_int", "nonneg_int", "positive_float",
            "nonneg_float", "fraction", "open_fraction"]
 
 TRACEBACK_ENV = "YOLOV5_PRUNE_TRACEBACK"
@@ -105,7 +105,8 @@ def cli_main(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[Se
 
 # --- argparse types: ranges checked at the command-line boundary, with argparse's own message ---
 
-def _number(kind: type, text: str):
+def parse_number(kind: type, text: str):
+    """``kind(text)``, or argparse's one-line error naming the text."""
     try:
         return kind(text)
     except ValueError:
@@ -114,7 +115,7 @@ def _number(kind: type, text: str):
 
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1."""
-    v = _number(int, text)
+    v = parse_number(int, text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"{v} must be at least 1")
     return v
@@ -122,7 +123,7 @@ def positive_int(text: str) -> int:
 
 def nonneg_int(text: str) -> int:
     """argparse type: an int >= 0."""
-    v = _number(int, text)
+    v = parse_number(int, text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
     return v
@@ -130,7 +131,7 @@ def nonneg_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a float > 0."""
-    v = _number(float, text)
+    v = parse_number(float, text)
     if not v > 0:
         raise argparse.ArgumentTypeError(f"{v} must be greater than 0")
     return v
@@ -138,7 +139,7 @@ def positive_float(text: str) -> float:
 
 def nonneg_float(text: str) -> float:
     """argparse type: a float >= 0."""
-    v = _number(float, text)
+    v = parse_number(float, text)
     if not v >= 0:
         raise argparse.ArgumentTypeError(f"{v} must be 0 or more")
     return v
@@ -146,7 +147,7 @@ def nonneg_float(text: str) -> float:
 
 def fraction(text: str) -> float:
     """argparse type: a float in [0, 1]."""
-    v = _number(float, text)
+    v = parse_number(float, text)
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{v} must lie between 0 and 1")
     return v
@@ -154,7 +155,7 @@ def fraction(text: str) -> float:
 
 def open_fraction(text: str) -> float:
     """argparse type: a float in (0, 1)."""
-    v = _number(float, text)
+    v = parse_number(float, text)
     if not 0.0 < v < 1.0:
         raise argparse.ArgumentTypeError(f"{v} must lie strictly between 0 and 1")
     return v

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch.nn as nn
 import yaml
 
 from .errors import UserError
-from .fileio import atomic_write, remove_stale_temps, temp_name
+from .fileio import atomic_folder, atomic_write
 from .backends import openvino_core, require_openvino
 from .onnx_backend import MissingDependencyError, is_onnx, require_onnx, require_onnxruntime
 
@@ -45,7 +44,7 @@ __all__ = ["ExportError", "ExportCheckError", "CheckResult", "INPUT_NAME", "OUTP
            "MIN_OPSET", "FORMATS", "ExportSpec", "onnx_metadata", "openvino_metadata", "torchscript_config",
            "export_onnx", "simplify_onnx", "check_onnx", "export_checked", "export_openvino",
            "export_torchscript", "export_formats", "onnx_output_path", "output_paths", "nms_detections",
-           "require_openvino", "atomic_folder", "write_openvino_metadata", "compare_runtime", "check_openvino", "check_torchscript"]
+           "require_openvino", "write_openvino_metadata", "compare_runtime", "check_openvino", "check_torchscript"]
 
 INPUT_NAME, OUTPUT_NAME, NMS_OUTPUT_NAME = "images", "output0", "detections"
 MIN_OPSET = 11  # meshgrid/arange in the decode and nearest upsampling need opset 11+
@@ -425,32 +424,6 @@ def export_checked(model: nn.Module, out: str | Path, img_size: tuple[int, int],
 
 
 # ------------------------------------------------------------------------------------- folders
-def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_folder)`` and move the folder onto ``dest``; on any error ``dest`` is untouched.
-
-    The temporary folder sits beside ``dest`` (named as :func:`utils.fileio.temp_name` names files,
-    so :func:`utils.fileio.remove_stale_temps` cleans up after a killed process). An existing
-    ``dest`` is renamed aside first and deleted once the new folder is in place.
-    """
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(dest.parent)
-    tmp, old = temp_name(dest), temp_name(dest)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if dest.exists():
-            dest.rename(old)
-        tmp.rename(dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not dest.exists():
-            old.rename(dest)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return dest
-
-
 # ----------------------------------------------------------------------------------- OpenVINO
 def openvino_metadata(model: nn.Module, img_size: tuple[int, int]) -> dict:
     """metadata.yaml content: ``stride`` (int, largest) and ``names`` ({0: 'name'}) as upstream

@@ -4,7 +4,7 @@ A reader never sees a half-written file: the data goes to a hidden temporary fil
 folder (``.<name>.<pid>.<random>.tmp``), is flushed to disk, and replaces the target in one rename.
 A process killed mid-write leaves only the temporary file, which :func:`remove_stale_temps` deletes
 at the next start of a run in that folder. :func:`staged_outputs` extends this to several files that
-belong together (all move into place, or none does).
+belong together (all move into place, or none does), and :func:`atomic_folder` to a whole folder.
 
 This module imports nothing from the project, so every package may use it.
 """
@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps", "staged_outputs",
-           "target_of", "temp_name"]
+__all__ = ["atomic_folder", "atomic_write", "atomic_write_bytes", "atomic_write_text", "remove_stale_temps",
+           "staged_outputs", "target_of", "temp_name"]
 
 _TMP_SUFFIX = ".tmp"
 
@@ -52,6 +52,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             tmp.unlink()
         raise
     return path
+
+
+def atomic_folder(dest: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call ``write(tmp_folder)`` and move the folder onto ``dest``; on any error ``dest`` is untouched.
+
+    The temporary folder sits beside ``dest`` (named by :func:`temp_name`, so
+    :func:`remove_stale_temps` cleans up after a killed process). An existing
+    ``dest`` is renamed aside first and deleted once the new folder is in place.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(dest.parent)
+    tmp, old = temp_name(dest), temp_name(dest)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not dest.exists():
+            old.rename(dest)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

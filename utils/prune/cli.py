@@ -29,7 +29,7 @@ from terminaltables import AsciiTable
 from models import (Darknet, check_cfg_matches, format_cfg, load_cfg_file, load_checkpoint,
                     make_checkpoint, model_from_checkpoint, save_checkpoint)
 from utils.dataconfig import DataConfig, load_data_config
-from utils.errors import nonneg_int, positive_int
+from utils.errors import nonneg_int, parse_number, positive_int
 from utils.evaluate import evaluate_dataset
 from utils.fileio import remove_stale_temps, staged_outputs, temp_name
 from utils.general import check_img_size
@@ -67,10 +67,7 @@ def _ratio_type(flag: str) -> Callable[[str], float]:
 
 def _layer_keep(text: str) -> float:
     """argparse type of --layer_keep: (0, 1); 1 would keep every channel and prune nothing."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    v = parse_number(float, text)
     if v == 1.0:
         raise argparse.ArgumentTypeError("1 keeps every channel of every layer, so nothing would be pruned; "
                                          "give the per-layer minimum share below 1, for example 0.01")
@@ -82,10 +79,7 @@ def _layer_keep(text: str) -> float:
 
 def _target(text: str) -> float:
     """argparse type of --target-flops/--target-params: a fraction in (0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    v = parse_number(float, text)
     if not 0.0 < v <= 1.0:
         raise argparse.ArgumentTypeError(f"{v} is not a fraction of the original in (0, 1]; for example 0.5")
     return v
@@ -177,10 +171,7 @@ TARGET_KINDS = ("flops", "params", "latency", "ms")
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    v = parse_number(float, text)
     if not v > 0.0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{v} is not a positive number of milliseconds; for example 5")
     return v

@@ -1,10 +1,11 @@
 """The sparsity penalty hook and gamma statistics."""
+import numpy as np
 import pytest
 import torch
 
 from models import build_model
 from utils.prune.masks import safe_ratio
-from utils.prune.sparsity import SparsityHook, bn_gammas, gamma_stats, quantile_table
+from utils.prune.sparsity import SparsityHook, bimodality, bn_gammas, gamma_stats, quantile_table, sarle_coefficient
 
 
 def _model_with_grads(seed=0):
@@ -154,3 +155,79 @@ def test_decoupled_form_soft_thresholds_and_leaves_grads():
     assert w.detach()[0] == 0 and w.detach()[1].item() == pytest.approx(0.01)
     with pytest.raises(ValueError, match="form"):
         SparsityHook([0], form="adam")
+
+
+# ------------------------------------------------------------------------------------ bimodality
+N = 3000
+
+
+def _mixture(rng, pile=0.5, centre=0.6, spread=0.1):
+    """A pile of near-zero gammas (what -sr leaves) and a group of important channels."""
+    k = int(N * pile)
+    return np.concatenate([np.abs(rng.normal(0, 0.003, k)), np.abs(rng.normal(centre, spread, N - k))])
+
+
+@pytest.mark.parametrize("pile", [0.2, 0.5, 0.8])
+def test_bimodality_passes_a_pile_and_a_separated_group(pile):
+    b = bimodality(_mixture(np.random.default_rng(0), pile))
+    assert b["bimodal"] and b["n"] == N
+    assert b["low_share"] == pytest.approx(pile, abs=0.01) and b["valley_share"] < 0.01
+    assert b["low_share"] + b["valley_share"] + b["high_share"] == pytest.approx(1.0)
+    assert b["valley_ratio"] < 0.1 and b["sarle_bc"] > 5 / 9
+
+
+UNIMODAL = {
+    "slid left, narrow": lambda rng: rng.normal(0.3, 0.05, N),
+    "uniform smear": lambda rng: rng.uniform(0, 1, N),
+    "log-normal smear": lambda rng: rng.lognormal(np.log(0.1), 1.5, N),
+    "wide log-normal": lambda rng: rng.lognormal(np.log(0.05), 2.5, N),
+    "exponential": lambda rng: rng.exponential(0.2, N),
+    "half-normal at zero": lambda rng: np.abs(rng.normal(0, 0.3, N)),
+    "all zero": lambda rng: np.zeros(N),
+    "all equal": lambda rng: np.full(N, 0.5),
+    "few dead channels": lambda rng: np.concatenate([np.zeros(N // 20), rng.normal(0.6, 0.1, N)]),
+    "few survivors": lambda rng: np.concatenate([np.zeros(N), rng.normal(0.6, 0.1, N // 12)]),  # 8% of them
+}
+
+
+@pytest.mark.parametrize("name", list(UNIMODAL))
+def test_bimodality_rejects_distributions_without_a_split(name):
+    b = bimodality(UNIMODAL[name](np.random.default_rng(1)))
+    assert not b["bimodal"], (name, b)
+
+
+def test_bimodality_valley_decides_when_both_modes_are_large():
+    rng = np.random.default_rng(2)
+    split = _mixture(rng, 0.4)
+    bridged = np.concatenate([split, rng.uniform(0.01, 0.15, N)])  # fill the gap between pile and group
+    assert bimodality(split)["bimodal"]
+    b = bimodality(bridged)
+    assert b["low_share"] >= 0.1 and b["high_share"] >= 0.1 and b["valley_ratio"] > 0.5 and not b["bimodal"]
+
+
+def test_bimodality_ignores_order_layers_sign_and_container():
+    rng = np.random.default_rng(3)
+    x = _mixture(rng, 0.5)
+    ref = bimodality(x)
+    layers = [torch.tensor(p, dtype=torch.float64) for p in np.split(rng.permutation(x), [10, 700, 2000])]
+    signed = -x * np.where(rng.random(N) < 0.5, 1, -1)
+    for other in (bimodality(layers), bimodality(x[::-1].copy()), bimodality(signed), bimodality(list(np.split(x, 3)))):
+        assert other["bimodal"] == ref["bimodal"] and other["n"] == ref["n"]
+        for k in ("scale", "low_share", "valley_share", "high_share", "valley_ratio", "sarle_bc"):
+            assert other[k] == pytest.approx(ref[k], rel=1e-9), k
+
+
+def test_bimodality_of_model_gammas_and_empty_input():
+    model = build_model("models/yolov5n.yaml", nc=2)
+    b = bimodality(bn_gammas(model, _layers(model)))
+    assert not b["bimodal"]  # freshly initialised: every gamma is 1
+    assert bimodality([]) == {"n": 0, "scale": 0.0, "low_share": 0.0, "valley_share": 0.0, "high_share": 0.0,
+                              "valley_ratio": None, "sarle_bc": None, "bimodal": False}
+
+
+def test_sarle_coefficient_reference_values():
+    rng = np.random.default_rng(4)
+    assert sarle_coefficient(rng.normal(0, 1, 20000)) == pytest.approx(1 / 3, abs=0.02)
+    assert sarle_coefficient(rng.uniform(0, 1, 20000)) == pytest.approx(5 / 9, abs=0.02)
+    assert sarle_coefficient(np.r_[np.zeros(5000), np.ones(5000)]) == pytest.approx(1.0, abs=0.01)
+    assert sarle_coefficient(np.ones(10)) is None and sarle_coefficient(np.arange(3.0)) is None

@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ from .masks import safe_ratio
 from .report import gamma_quantiles
 
 __all__ = ["SparsityHook", "SparsityLogger", "bn_gammas", "gamma_stats", "quantile_table", "sparsity_form",
-           "REFERENCE_BATCH", "FORMS"]
+           "bimodality", "sarle_coefficient", "REFERENCE_BATCH", "FORMS"]
 
 REFERENCE_BATCH = 16  # batch size at which --sr-per-image equals the default strength
 FORMS = ("gradient", "decoupled")
@@ -73,6 +74,90 @@ def gamma_stats(gammas: list[torch.Tensor]) -> dict[str, float]:
         "gamma_lt_0.001": float((flat < 0.001).float().mean()),
         "safe_ratio": safe_ratio(dict(enumerate(gammas)), range(len(gammas))),
     }
+
+
+# bimodality(): the regions of |gamma| / p95 and the tests, justified in its docstring
+BIMODAL_SCALE_Q = 0.95      # robust scale: this quantile of |gamma|
+BIMODAL_LOW = 0.05          # the pile: |gamma| < 0.05 x scale
+BIMODAL_VALLEY = 0.25       # the valley: 0.05 .. 0.25 x scale; the group: 0.25 .. 1 x scale
+BIMODAL_MIN_SHARE = 0.10    # each mode holds at least this share of the channels
+BIMODAL_MAX_VALLEY = 0.5    # valley density at most this fraction of the smaller mode density
+
+
+def sarle_coefficient(x: np.ndarray) -> float | None:
+    """Sarle's bimodality coefficient (g^2 + 1) / (k + 3 (n-1)^2 / ((n-2)(n-3))) with the bias-corrected
+    sample skewness g and excess kurtosis k; None for fewer than 4 values or zero spread.
+
+    5/9 (a uniform distribution) is the usual cut: above it hints at two modes. A strongly skewed
+    unimodal sample (a long right tail) scores high too, which is why it is only a second figure.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    n = x.size
+    if n < 4:
+        return None
+    d = x - x.mean()
+    m2 = float(np.mean(d ** 2))
+    if m2 <= 1e-24:
+        return None
+    g1 = float(np.mean(d ** 3)) / m2 ** 1.5
+    g2 = float(np.mean(d ** 4)) / m2 ** 2 - 3.0
+    skew = g1 * math.sqrt(n * (n - 1)) / (n - 2)
+    kurt = ((n + 1) * g2 + 6.0) * (n - 1) / ((n - 2) * (n - 3))
+    return (skew ** 2 + 1.0) / (kurt + 3.0 * (n - 1) ** 2 / ((n - 2) * (n - 3)))
+
+
+def _flat_abs(gammas: np.ndarray | torch.Tensor | Sequence) -> np.ndarray:
+    """All |gamma| of one array or of a list of per-layer arrays/tensors, as one float64 vector."""
+    if isinstance(gammas, (np.ndarray, torch.Tensor)):
+        gammas = [gammas]
+    parts = [np.abs(np.asarray(g.detach().cpu() if isinstance(g, torch.Tensor) else g, dtype=np.float64)).ravel()
+             for g in gammas]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def bimodality(gammas: np.ndarray | torch.Tensor | Sequence) -> dict:
+    """Whether the |gamma| of the prunable layers split into a pile near zero and a separated group.
+
+    ``gammas``: one array or a list of per-layer arrays/tensors (concatenated; order and layer
+    split do not matter). Values are divided by a robust scale, their 95th percentile ``scale``
+    (the largest few, often outliers, do not set it), and cut into three regions: the pile
+    ``[0, 0.05)``, the valley ``[0.05, 0.25)`` and the group ``[0.25, 1]``. Returned: ``n``,
+    ``scale``, ``low_share``, ``valley_share``, ``high_share`` (share >= 0.25, the top 5% included),
+    ``valley_ratio`` (the valley's mean density over the smaller of the two modes' mean densities,
+    each share divided by its region's width), ``sarle_bc`` (see :func:`sarle_coefficient`) and
+    ``bimodal``: ``low_share >= 0.1 and high_share >= 0.1 and valley_ratio <= 0.5``.
+
+    Why these tests: for any unimodal density the mean density over an interval lying between two
+    others is at least the smaller of their mean densities (on each side of the mode the density
+    is monotone), so ``valley_ratio < 1`` contradicts a single mode; 0.5 leaves room for sampling
+    noise. The two share minimums make both modes real: a pile of a few dead channels, or a group
+    of a few survivors, is no split worth pruning along. The pile ends at 5% of the scale (a
+    channel at 1/20 of a typical important gamma contributes little); the valley ends at 25%, so a
+    group spread from its peak down to a quarter of it still counts as the group. A distribution
+    that merely slid left (all near 0.3, a uniform smear, a log-normal tail) has no empty middle
+    and fails; all-zero or all-equal gammas have no second mode (the scale is 0, or the pile empty).
+    With more than 90% of the channels in the pile the group holds < 10% and the test fails too.
+    """
+    x = _flat_abs(gammas)
+    n = int(x.size)
+    scale = float(np.quantile(x, BIMODAL_SCALE_Q)) if n else 0.0
+    out = {"n": n, "scale": scale, "low_share": 0.0, "valley_share": 0.0, "high_share": 0.0,
+           "valley_ratio": None, "sarle_bc": None, "bimodal": False}
+    if n == 0:
+        return out
+    if scale <= 1e-12:  # (nearly) all zero: one pile, no group
+        return {**out, "low_share": float(np.mean(x <= 1e-12))}
+    r = x / scale  # (n,) |gamma| in units of the scale
+    low = float(np.mean(r < BIMODAL_LOW))
+    valley = float(np.mean((r >= BIMODAL_LOW) & (r < BIMODAL_VALLEY)))
+    high = float(np.mean(r >= BIMODAL_VALLEY))
+    group = float(np.mean((r >= BIMODAL_VALLEY) & (r <= 1.0)))
+    smaller_mode = min(low / BIMODAL_LOW, group / (1.0 - BIMODAL_VALLEY))  # mean densities of the modes
+    ratio = valley / (BIMODAL_VALLEY - BIMODAL_LOW) / smaller_mode if smaller_mode > 0 else None
+    bimodal = (low >= BIMODAL_MIN_SHARE and high >= BIMODAL_MIN_SHARE and ratio is not None
+               and ratio <= BIMODAL_MAX_VALLEY)
+    return {**out, "low_share": low, "valley_share": valley, "high_share": high, "valley_ratio": ratio,
+            "sarle_bc": sarle_coefficient(r), "bimodal": bool(bimodal)}
 
 
 def quantile_table(gammas: list[torch.Tensor], title: str) -> str:

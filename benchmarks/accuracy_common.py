@@ -277,9 +277,10 @@ def cached_run(cmd: Sequence[str], out_dir: Path, done: str, fresh: bool) -> dic
 
 
 # ------------------------------------------------------------------------------------ measuring
-def evaluate_weights(weights: str | Path, data: str | None, img: int, batch_size: int = 32) -> dict:
-    """mAP@.5 and mAP@.5:.95 of a checkpoint on the validation split (the pipeline report's way:
-    the project's evaluator, rectangular batches, conf 0.001, IoU 0.6)."""
+def evaluate_weights(weights: str | Path, data: str | None, img: int, batch_size: int = 32,
+                     task: str = "val") -> dict:
+    """mAP@.5 and mAP@.5:.95 of a checkpoint on the validation split, or the ``task`` split (the
+    pipeline report's way: the project's evaluator, rectangular batches, conf 0.001, IoU 0.6)."""
     from models import load_model
     from utils.dataconfig import load_data_config
     from utils.evaluate import evaluate_dataset
@@ -287,9 +288,18 @@ def evaluate_weights(weights: str | Path, data: str | None, img: int, batch_size
     model = load_model(weights, device="cpu", verbose=False)
     data_cfg = load_data_config(project_path(data) if data else None)
     with contextlib.redirect_stdout(io.StringIO()):  # the evaluator's own tables; ours follows
-        res = evaluate_dataset(model, data_cfg, img_size=img, batch_size=batch_size, workers=0, progress=False)
+        res = evaluate_dataset(model, data_cfg, img_size=img, batch_size=batch_size, workers=0, progress=False,
+                               task=task)
     print(f"    {_rel(Path(weights))}: mAP@.5 {res.mAP50:.4f}, mAP@.5:.95 {res.mAP50_95:.4f}", flush=True)
     return {"mAP50": float(res.mAP50), "mAP50-95": float(res.mAP50_95)}
+
+
+def held_out_split(data: str | None) -> str:
+    """``test`` when the dataset declares a held-out test split, else ``val`` (which training also
+    used to pick ``best.pt``, so a comparison on it is less independent)."""
+    from utils.dataconfig import load_data_config
+
+    return "test" if load_data_config(project_path(data) if data else None).test else "val"
 
 
 def size_figures(weights: str | Path, img: int) -> dict:

@@ -1,20 +1,25 @@
-"""Does sparsity training sparsify? The pipeline's ``-sr`` run against the same training without ``-sr``.
+"""Does sparsity training sparsify, and at what cost? The pipeline's ``-sr`` run against its matched control.
 
     python benchmarks/bench_sparsity.py                       # uses runs/pipeline/default
     python benchmarks/bench_sparsity.py --run runs/pipeline/quick --quick   # smoke test
+    python benchmarks/bench_sparsity.py --grid runs/train/adamw_s0.01:runs/train/adamw_ctrl ...
 
-From the run's baseline checkpoint (``base/weights/best.pt``) it trains ``train_sparsity.py`` with
-exactly the settings the pipeline's sparse stage recorded in its checkpoint (epochs, image size,
-batch, nominal batch, optimizer, seed, data, layer set) but without ``-sr``, so the gamma
-statistics are still logged and only the L1 penalty differs. The pipeline's own ``-sr`` checkpoint
-is reused when the settings are unchanged (``--epochs`` or ``--quick`` change them: then the
-``-sr`` run is retrained too, under ``runs/bench``).
+Rows: the run's baseline (``base/weights/best.pt``, a reference only), its sparse model (``-sr``,
+the pipeline's own checkpoint, reused while the settings are unchanged; ``--epochs`` or ``--quick``
+retrain it under ``runs/bench``) and the matched control: the same ``train_sparsity.py`` training
+from the same baseline with exactly the settings the sparse run recorded (epochs, image size,
+batch, nominal batch, optimizer, seed, hyp, data) but without ``-sr``, so only the L1 penalty
+differs. The control is, in this order, ``--control W``; the run's own ``control_sparse`` stage
+(``<run>/control_sparse/weights/last.pt``) when its recorded settings match; else trained here.
+``--grid SPARSE:CONTROL ...`` appends hand-trained pairs (other scales or optimizers) as extra rows.
 
-Measured on the final checkpoints (the EMA weights the prune scripts read), over the prunable
-layers the sparse run regularised: share of |gamma| below 0.01 and 0.001, mean |gamma|, the safe
-prune ratio, mAP@0.5 and mAP@0.5:.95 against the baseline's. Targets: with ``-sr`` at least half
-of the gammas below 0.01 and mAP@0.5 within 0.05 of the baseline; without ``-sr`` not.
-Writes ``benchmarks/results/sparsity.json`` (``--quick``: ``runs/bench/quick/results``).
+Measured on the saved (EMA) weights the prune scripts read, over the prunable layers the sparse
+run regularised: the |gamma| statistics, :func:`utils.prune.sparsity.bimodality` (a pile near zero
+and a separated group of important channels), and mAP@.5 / mAP@.5:.95 on the held-out ``test``
+split (``val`` when the data has none, stated in the output and the JSON ``split``). Targets: with
+``-sr`` |gamma| bimodal and mAP@.5:.95 within 0.02 of the matched control; the control not bimodal
+(so the split comes from the penalty). Writes ``benchmarks/results/sparsity.json`` and
+``sparsity_hist.png`` beside it (``--quick``: ``runs/bench/quick/results``).
 """
 from __future__ import annotations
 
@@ -23,13 +28,24 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import accuracy_common as ac  # noqa: E402
+BENCH = Path(__file__).resolve().parent
+for _p in (str(BENCH.parent), str(BENCH)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
-SPARSE_FRACTION = 0.5   # at least this share of prunable |gamma| below GAMMA_SMALL with -sr
-GAMMA_SMALL = 0.01
-MAP_DROP = 0.05         # -sr may cost at most this much mAP@0.5
+import torch  # noqa: E402
+
+import accuracy_common as ac  # noqa: E402
+from models import load_model  # noqa: E402
+from utils.plots import plot_gamma_split  # noqa: E402
+from utils.prune.graph import sparsity_layers  # noqa: E402
+from utils.prune.sparsity import BIMODAL_LOW, BIMODAL_VALLEY, bimodality, bn_gammas, gamma_stats  # noqa: E402
+
+MAP_GAP = 0.02          # -sr may cost at most this much mAP@.5:.95 against the matched control
 SETTING_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES, *ac.SPARSITY_FLAGS, *ac.SPARSITY_SWITCHES]
+CONTROL_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES, "weights"]  # what a matched control shares
+PATH_KEYS = ("data", "hyp", "weights")                           # compared as resolved paths
+SPARSE, CONTROL = "sparsity (-sr)", "matched control (no -sr)"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -42,101 +58,245 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help=f"smoke test: {ac.QUICK_EPOCHS} epoch on {ac.QUICK_TRAIN_IMAGES} images, "
                         f"results under runs/bench only")
     p.add_argument("--fresh", action="store_true", help="retrain even where an identical finished run exists")
+    p.add_argument("--control", default=None, metavar="W",
+                   help="an already trained matched control (checkpoint or run folder) instead of "
+                        "<run>/control_sparse or training one")
+    p.add_argument("--grid", nargs="+", default=[], metavar="SPARSE:CONTROL",
+                   help="extra rows: hand-trained -sr checkpoints (or run folders), each with its matched control")
     p.add_argument("--json", default=None, help="where to write the results (default benchmarks/results/sparsity.json)")
     return p.parse_args(argv)
 
 
-def targets(base: dict, sr: dict, plain: dict) -> dict[str, bool]:
-    """The three claims, each True/False."""
+# ------------------------------------------------------------------------------------ pure parts
+def targets(sr: dict, control: dict, epochs: int | str) -> dict[str, bool]:
+    """The three claims, each True/False; ``control`` is the matched control's row."""
     return {
-        f"-sr: >= {SPARSE_FRACTION:.0%} of prunable gammas below {GAMMA_SMALL}":
-            sr["gamma_lt_0.01"] >= SPARSE_FRACTION,
-        f"-sr: mAP@0.5 within {MAP_DROP} of the baseline": sr["mAP50"] >= base["mAP50"] - MAP_DROP,
-        f"no -sr: fewer than {SPARSE_FRACTION:.0%} of prunable gammas below {GAMMA_SMALL}":
-            plain["gamma_lt_0.01"] < SPARSE_FRACTION,
+        "-sr: |gamma| bimodal (a pile near zero and a separated group)": bool(sr["bimodality"]["bimodal"]),
+        f"-sr: mAP@.5:.95 within {MAP_GAP} of the matched control (same {epochs} epochs, no -sr)":
+            sr["mAP50-95"] >= control["mAP50-95"] - MAP_GAP,
+        "no -sr: |gamma| not bimodal (the matched control: the split comes from the penalty)":
+            not control["bimodality"]["bimodal"],
     }
 
 
-def measure(weights: Path, layers: list[int], data: str | None, img: int) -> dict:
-    """Gamma statistics over ``layers`` and mAP of one checkpoint."""
-    from models import load_model
-    from utils.prune.sparsity import bn_gammas, gamma_stats
-
-    model = load_model(weights, device="cpu", verbose=False)
-    return {"weights": str(weights), **gamma_stats(bn_gammas(model, layers)),
-            **ac.evaluate_weights(weights, data, img)}
+def _path_value(v) -> str | None:
+    return None if v in (None, "") else str(ac.project_path(v).resolve())
 
 
-def format_table(rows: dict[str, dict], base_map: float) -> str:
-    header = ["model", "-sr scale", "epochs", "mean abs gamma", "< 0.01", "< 0.001", "safe ratio",
-              "mAP@.5", "vs baseline", "mAP@.5:.95", "train s"]
+def control_mismatch(sparse_opt: dict, control_opt: dict) -> list[str]:
+    """Why ``control_opt`` is not the matched control of ``sparse_opt`` ([] when it is): it must
+    have been trained without -sr, from the same weights, with the same training settings."""
+    out = ["sr: the control was trained with -sr"] if control_opt.get("sr") else []
+    for key in CONTROL_KEYS:
+        a, b = sparse_opt.get(key), control_opt.get(key)
+        if key in PATH_KEYS:
+            a, b = _path_value(a), _path_value(b)
+        if not ac.same_settings({key: a}, {key: b}, [key]):
+            out.append(f"{key} {b!r} (sparse run: {a!r})")
+    return out
+
+
+def checkpoint_of(given: str | Path, flag: str) -> Path:
+    """A checkpoint given on the command line: the file itself, or a training run folder's weights/last.pt."""
+    path = ac.project_path(given)
+    if path.is_dir():
+        path = path / "weights" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{flag} {given}: no checkpoint {path} (give a .pt file or a training run folder)")
+    return path
+
+
+def parse_grid(values: Sequence[str]) -> list[tuple[Path, Path]]:
+    """``SPARSE:CONTROL`` pairs of --grid as checkpoint paths."""
+    pairs = []
+    for v in values:
+        parts = v.split(":")
+        if len(parts) != 2 or not all(parts):
+            raise ValueError(f"--grid {v}: give SPARSE:CONTROL, a -sr checkpoint and its matched control")
+        pairs.append((checkpoint_of(parts[0], "--grid"), checkpoint_of(parts[1], "--grid")))
+    return pairs
+
+
+def format_table(rows: dict[str, dict]) -> str:
+    header = ["model", "optimizer", "-sr scale", "epochs", "mean abs gamma", "< 0.01", "pile", "valley", "group",
+              "valley ratio", "Sarle BC", "bimodal", "safe ratio", "mAP@.5", "mAP@.5:.95", "vs control", "train s"]
     out = []
     for name, r in rows.items():
-        wall = "-" if r.get("wall_s") is None else f"{r['wall_s']:.0f}"
-        out.append([name, f"{r['scale']:g}" if r.get("scale") else "off", r.get("epochs", "-"),
-                    f"{r['gamma_mean']:.4f}", f"{r['gamma_lt_0.01']:.1%}", f"{r['gamma_lt_0.001']:.1%}",
-                    f"{r['safe_ratio']:.3f}", f"{r['mAP50']:.4f}", f"{r['mAP50'] - base_map:+.4f}",
-                    f"{r['mAP50-95']:.4f}", wall])
+        b = r["bimodality"]
+        ctrl = rows.get(r.get("control") or "")
+        gap = f"{r['mAP50-95'] - ctrl['mAP50-95']:+.4f}" if ctrl else "-"
+        out.append([name, r.get("optimizer") or "-", f"{r['scale']:g}" if r.get("scale") else "off",
+                    r.get("epochs", "-"), f"{r['gamma_mean']:.4f}", f"{r['gamma_lt_0.01']:.1%}",
+                    f"{b['low_share']:.1%}", f"{b['valley_share']:.1%}", f"{b['high_share']:.1%}",
+                    _num(b["valley_ratio"], ".2f"), _num(b["sarle_bc"], ".3f"), "yes" if b["bimodal"] else "no",
+                    f"{r['safe_ratio']:.3f}", f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}", gap,
+                    _num(r.get("wall_s"), ".0f")])
     return ac.md_table(header, out)
 
 
-def train_runs(run: ac.PipelineRun, opt: argparse.Namespace, settings: dict, reuse_sr: bool) -> dict:
-    """Train what is needed; returns {'sr': meta, 'plain': meta} with weights and wall time."""
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+# ------------------------------------------------------------------------------------ measuring
+def gammas_of(weights: Path, layers: list[int]) -> list[torch.Tensor]:
+    """|gamma| of the BatchNorms of ``layers`` in a checkpoint's model."""
+    return bn_gammas(load_model(weights, device="cpu", verbose=False), layers)
+
+
+def measure(weights: Path, layers: list[int], data: str | None, img: int, split: str) -> tuple[dict, list]:
+    """(row, gammas): gamma statistics and bimodality over ``layers``, and mAP on ``split``."""
+    g = gammas_of(weights, layers)
+    row = {"weights": str(weights), **gamma_stats(g), "bimodality": bimodality(g),
+           **ac.evaluate_weights(weights, data, img, task=split)}
+    return row, g
+
+
+def sparse_layers(weights: Path) -> list[int]:
+    """The layers a sparsity run regularised (its history), else the prunable layers of its model."""
+    layers = ac.last_history(weights, "sparsity").get("layers")
+    if layers:
+        return list(layers)
+    opt = ac.checkpoint_opt(weights)
+    return sparsity_layers(load_model(weights, verbose=False).cfg, int(opt.get("prune", 1)))
+
+
+def recorded(opt: dict) -> dict:
+    """Row fields from a checkpoint's options: optimizer, epochs, -sr scale (0 without -sr)."""
+    return {"optimizer": opt.get("optimizer"), "epochs": opt.get("epochs"),
+            "scale": float(opt.get("scale") or 0.0) if opt.get("sr") else 0.0}
+
+
+# ------------------------------------------------------------------------------------ training
+def train_command(run: ac.PipelineRun, settings: dict, out: Path) -> list[str]:
+    return [sys.executable, "train_sparsity.py",
+            *ac.flags_from_opt(settings, ac.TRAIN_FLAGS, ac.TRAIN_SWITCHES),
+            *ac.flags_from_opt(settings, ac.SPARSITY_FLAGS, ac.SPARSITY_SWITCHES),
+            "--weights", str(run.base), "--project", str(out), "--exist-ok"]
+
+
+def sparse_run(run: ac.PipelineRun, opt: argparse.Namespace, settings: dict, reuse: bool) -> dict:
+    """The -sr checkpoint: the pipeline's, or trained here with ``settings``."""
+    if reuse:
+        return {"weights": run.sparse, "wall_s": run.timings.get("sparsity"), "source": "pipeline sparse"}
     out = ac.bench_dir(run, "sparsity", opt.quick)
-    common = [sys.executable, "train_sparsity.py",
-              *ac.flags_from_opt(settings, ac.TRAIN_FLAGS, ac.TRAIN_SWITCHES),
-              *ac.flags_from_opt(settings, ac.SPARSITY_FLAGS, ac.SPARSITY_SWITCHES),
-              "--weights", str(run.base), "--project", str(out), "--exist-ok"]
-    result = {}
-    if reuse_sr:
-        result["sr"] = {"weights": run.sparse, "wall_s": run.timings.get("sparsity"), "source": "pipeline"}
-    else:
-        meta = ac.cached_run(common + ["--name", "sr", "-sr"], out / "sr", "weights/last.pt", opt.fresh)
-        result["sr"] = {"weights": out / "sr" / "weights" / "last.pt", "wall_s": meta["wall_s"], "source": "bench"}
-    meta = ac.cached_run(common + ["--name", "no_sr"], out / "no_sr", "weights/last.pt", opt.fresh)
-    result["plain"] = {"weights": out / "no_sr" / "weights" / "last.pt", "wall_s": meta["wall_s"], "source": "bench"}
-    return result
+    meta = ac.cached_run(train_command(run, settings, out) + ["--name", "sr", "-sr"], out / "sr",
+                         "weights/last.pt", opt.fresh)
+    return {"weights": out / "sr" / "weights" / "last.pt", "wall_s": meta["wall_s"], "source": "bench"}
+
+
+def control_run(run: ac.PipelineRun, opt: argparse.Namespace, settings: dict, sparse_w: Path) -> dict:
+    """The matched control: --control, the run's control_sparse stage when it matches, or trained here."""
+    sparse_opt = ac.checkpoint_opt(sparse_w)
+    if opt.control:
+        weights = checkpoint_of(opt.control, "--control")
+        bad = control_mismatch(sparse_opt, ac.checkpoint_opt(weights))
+        if bad:
+            raise ValueError(f"--control {opt.control}: not the matched control of {sparse_w}: differs in "
+                             f"{'; '.join(bad)}; train it with the sparse run's settings without -sr, "
+                             f"or leave out --control to have the benchmark train one")
+        return {"weights": weights, "wall_s": None, "source": "--control"}
+    stage = run.root / "control_sparse" / "weights" / "last.pt"
+    if stage.is_file() and not opt.fresh:
+        bad = control_mismatch(sparse_opt, ac.checkpoint_opt(stage))
+        if not bad:
+            return {"weights": stage, "wall_s": run.timings.get("control_sparse"), "source": "pipeline control_sparse"}
+        print(f"NOTE: {stage} is not the matched control here (differs in {'; '.join(bad)}); training one")
+    out = ac.bench_dir(run, "sparsity", opt.quick)
+    meta = ac.cached_run(train_command(run, settings, out) + ["--name", "no_sr"], out / "no_sr",
+                         "weights/last.pt", opt.fresh)
+    return {"weights": out / "no_sr" / "weights" / "last.pt", "wall_s": meta["wall_s"], "source": "bench"}
+
+
+def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split: str) -> dict[str, dict]:
+    """Two rows per --grid pair (its -sr model and its control), after checking that they match."""
+    rows: dict[str, dict] = {}
+    for k, (sparse_w, control_w) in enumerate(pairs, 1):
+        sparse_opt = ac.checkpoint_opt(sparse_w)
+        bad = control_mismatch(sparse_opt, ac.checkpoint_opt(control_w))
+        if bad:
+            raise ValueError(f"--grid {sparse_w}:{control_w}: the control differs in {'; '.join(bad)}")
+        if not sparse_opt.get("sr"):
+            print(f"WARNING: --grid {sparse_w} was trained without -sr")
+        layers = sparse_layers(sparse_w)
+        name = f"grid {k}: {sparse_opt.get('optimizer')} s={recorded(sparse_opt)['scale']:g}"
+        rows[name + " (-sr)"] = {**measure(sparse_w, layers, data, img, split)[0], **recorded(sparse_opt),
+                                 "wall_s": None, "source": "--grid", "control": name + " (control)"}
+        rows[name + " (control)"] = {**measure(control_w, layers, data, img, split)[0],
+                                     **recorded(ac.checkpoint_opt(control_w)), "wall_s": None, "source": "--grid"}
+    return rows
+
+
+# ------------------------------------------------------------------------------------ output
+def histogram_path(json_path: Path) -> Path:
+    """``<json stem>_hist.png`` beside the JSON (sparsity.json -> sparsity_hist.png)."""
+    return json_path.with_name(json_path.stem + "_hist.png")
+
+
+def write_histogram(gammas: dict[str, list], scale: float, path: Path) -> str | None:
+    """|gamma| of the sparse model and its control on one plot; None without matplotlib."""
+    try:
+        import matplotlib  # noqa: F401 (optional dependency)
+    except ImportError:
+        print("NOTE: matplotlib is not installed; no histogram written")
+        return None
+    series = {k: torch.cat([x.flatten() for x in g]).numpy() for k, g in gammas.items()}
+    marks = [scale * BIMODAL_LOW, scale * BIMODAL_VALLEY] if scale > 0 else []
+    plot_gamma_split(series, path, marks=marks,
+                     title="|gamma| of the prunable layers (dashed: the -sr model's pile and valley bounds)")
+    print(f"saved {path}")
+    return str(path)
+
+
+def describe(run: ac.PipelineRun, settings: dict, layers: list[int], split: str, control: dict) -> str:
+    img = settings["img"]
+    return (f"\nSparsity training with -sr and its matched control from {run.base} ({len(layers)} prunable "
+            f"layers, {settings['epochs']} epochs, img {img}, batch {settings.get('batch_size')}, nbs "
+            f"{settings.get('nbs')}, {settings.get('optimizer')}, seed {settings.get('seed')}); gammas of the "
+            f"saved (EMA) weights; mAP on the {split} split\nmatched control: {control['weights']} "
+            f"({control['source']})\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     ac.setup_main()
-    from models import load_model
-    from utils.prune.graph import sparsity_layers
-
+    grid = parse_grid(opt.grid)  # bad --grid values fail before any training
     run = ac.find_run(opt.run)
     smoke = ac.is_smoke(run, opt.quick)
     pipe = ac.checkpoint_opt(run.sparse)
     if not pipe.get("sr"):
         print(f"WARNING: {run.sparse} was trained without -sr; comparing two plain runs")
     settings = ac.override(pipe, opt.epochs, opt.quick)
-    reuse_sr = ac.same_settings(settings, pipe, SETTING_KEYS) and not opt.fresh
-    trained = train_runs(run, opt, settings, reuse_sr)
+    sparse = sparse_run(run, opt, settings, ac.same_settings(settings, pipe, SETTING_KEYS) and not opt.fresh)
+    control = control_run(run, opt, settings, Path(sparse["weights"]))
 
-    hist = ac.last_history(run.sparse, "sparsity")
-    layers = hist.get("layers") or sparsity_layers(load_model(run.sparse, verbose=False).cfg,
-                                                   int(pipe.get("prune", 1)))
+    layers = sparse_layers(Path(sparse["weights"]))
     data, img = settings.get("data"), int(settings["img"])
-    rows = {"baseline": {**measure(run.base, layers, data, img), "scale": 0.0, "epochs": "-",
-                         "wall_s": run.timings.get("train")}}
-    for key, label in (("sr", "sparsity (-sr)"), ("plain", "same without -sr")):
-        t = trained[key]
-        rows[label] = {**measure(Path(t["weights"]), layers, data, img), "wall_s": t["wall_s"],
-                       "source": t["source"], "epochs": settings["epochs"],
-                       "scale": float(settings.get("scale") or 0.0) if key == "sr" and pipe.get("sr") else 0.0}
-    checks = targets(rows["baseline"], rows["sparsity (-sr)"], rows["same without -sr"])
+    split = ac.held_out_split(data)
+    if split != "test":
+        print(f"NOTE: {data or 'the built-in dataset'} has no test split: measuring on val, which also chose "
+              f"the baseline's best.pt (a less independent comparison)")
+    rows, gammas = {}, {}
+    rows["baseline"], _ = measure(run.base, layers, data, img, split)
+    rows["baseline"].update(recorded(ac.checkpoint_opt(run.base)), epochs="-", wall_s=run.timings.get("train"))
+    for label, t, extra in ((SPARSE, sparse, {"control": CONTROL}), (CONTROL, control, {})):
+        rows[label], gammas[label] = measure(Path(t["weights"]), layers, data, img, split)
+        rows[label].update(recorded(ac.checkpoint_opt(t["weights"])), wall_s=t["wall_s"], source=t["source"], **extra)
+    rows.update(grid_rows(grid, data, img, split))
+    checks = targets(rows[SPARSE], rows[CONTROL], settings["epochs"])
 
-    table = format_table(rows, rows["baseline"]["mAP50"])
-    print(f"\nSparsity training with and without -sr from {run.base} ({len(layers)} prunable layers, "
-          f"{settings['epochs']} epochs, img {img}, batch {settings.get('batch_size')}, nbs {settings.get('nbs')}, "
-          f"{settings.get('optimizer')}, seed {settings.get('seed')}); gammas of the saved (EMA) weights\n")
+    table = format_table(rows)
+    print(describe(run, settings, layers, split, control))
     print(table)
     ac.print_targets(checks, smoke)
+    json_path = ac.results_path("sparsity", smoke, opt.json)
+    hist = write_histogram(gammas, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
     report = {"benchmark": "sparsity", "quick": smoke, "date": ac.now(), "machine": ac.machine_info(),
               "run": str(run.root), "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
-              "sr_source": trained["sr"]["source"], "layers": layers, "rows": rows,
-              "targets": checks, "table_markdown": table}
-    ac.write_report(ac.results_path("sparsity", smoke, opt.json), report)
+              "split": split, "sr_source": sparse["source"], "control_source": control["source"],
+              "control": str(control["weights"]), "layers": layers, "rows": rows, "targets": checks,
+              "hist_png": hist, "table_markdown": table}
+    ac.write_report(json_path, report)
     return 0
 
 

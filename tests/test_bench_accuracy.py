@@ -84,15 +84,78 @@ def test_find_run_names_the_missing_checkpoint_and_spots_smoke_runs(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ verdicts
-def _sp(lt, m):
-    return {"gamma_lt_0.01": lt, "mAP50": m}
+def _sp(bimodal, m):
+    return {"bimodality": {"bimodal": bimodal}, "mAP50-95": m}
 
 
 def test_sparsity_targets():
-    ok = bench_sparsity.targets(_sp(0.0, 0.80), _sp(0.6, 0.76), _sp(0.1, 0.80))
-    assert all(ok.values())
-    bad = bench_sparsity.targets(_sp(0.0, 0.80), _sp(0.4, 0.74), _sp(0.7, 0.80))
-    assert not any(bad.values())
+    ok = bench_sparsity.targets(_sp(True, 0.50), _sp(False, 0.515), 15)
+    assert list(ok.values()) == [True, True, True]
+    assert any("matched control" in k and "15 epochs" in k for k in ok)
+    bad = bench_sparsity.targets(_sp(False, 0.45), _sp(True, 0.48), 15)
+    assert list(bad.values()) == [False, False, False]  # 0.45 < 0.48 - 0.02
+    edge = bench_sparsity.targets(_sp(True, 0.479), _sp(False, 0.50), 15)
+    assert list(edge.values()) == [True, False, True]  # just over the 0.02 budget
+    better = bench_sparsity.targets(_sp(True, 0.60), _sp(False, 0.50), 15)
+    assert all(better.values())  # beating the control is within the budget
+
+
+def test_sparsity_control_mismatch_names_each_difference(tmp_path):
+    hyp = tmp_path / "hyp.yaml"
+    hyp.write_text("lr0: 0.01\n")
+    sparse = {"epochs": 15, "img": 160, "batch_size": 16, "nbs": 16, "optimizer": "AdamW", "seed": 0,
+              "hyp": str(hyp), "data": None, "weights": str(tmp_path / "base.pt"), "sr": True, "scale": 0.03,
+              "cos_lr": False}
+    control = {**sparse, "sr": False, "scale": 0.03, "cos_lr": None}
+    assert bench_sparsity.control_mismatch(sparse, control) == []  # -sr, scale, empty switches: ignored
+    rel, absolute = "data/hyps/hyp.finetune.yaml", str(ac.ROOT / "data/hyps/hyp.finetune.yaml")
+    assert bench_sparsity.control_mismatch({**sparse, "hyp": rel}, {**control, "hyp": absolute}) == []
+    assert bench_sparsity.control_mismatch({**sparse, "hyp": rel}, {**control, "hyp": str(hyp)}) != []
+    bad = bench_sparsity.control_mismatch(sparse, {**control, "sr": True, "epochs": 10, "seed": 1, "weights": "x.pt"})
+    assert [b.split()[0] for b in bad] == ["sr:", "epochs", "seed", "weights"]
+    assert "10" in bad[1] and "15" in bad[1]
+
+
+def test_sparsity_grid_and_checkpoint_arguments(tmp_path):
+    run = tmp_path / "s1"
+    (run / "weights").mkdir(parents=True)
+    (run / "weights" / "last.pt").write_bytes(b"")
+    ctrl = tmp_path / "c.pt"
+    ctrl.write_bytes(b"")
+    assert bench_sparsity.parse_grid([f"{run}:{ctrl}"]) == [(run / "weights" / "last.pt", ctrl)]
+    for bad in (str(run), f"{run}:", f"{run}:{ctrl}:{ctrl}"):
+        with pytest.raises(ValueError, match="--grid"):
+            bench_sparsity.parse_grid([bad])
+    with pytest.raises(FileNotFoundError, match="--grid .*missing"):
+        bench_sparsity.parse_grid([f"{run}:{tmp_path / 'missing'}"])
+    with pytest.raises(FileNotFoundError, match="--control"):
+        bench_sparsity.checkpoint_of(tmp_path, "--control")  # a folder without weights/last.pt
+
+
+def _bimodality(bimodal):
+    return {"low_share": 0.5 if bimodal else 0.0, "valley_share": 0.0, "high_share": 0.5 if bimodal else 1.0,
+            "valley_ratio": 0.0 if bimodal else None, "sarle_bc": 0.8 if bimodal else None, "bimodal": bimodal}
+
+
+def test_sparsity_table_pairs_each_model_with_its_control():
+    row = {"gamma_mean": 0.1, "gamma_lt_0.01": 0.5, "safe_ratio": 0.6, "mAP50": 0.8, "mAP50-95": 0.5}
+    rows = {"baseline": {**row, "bimodality": _bimodality(False), "scale": 0.0, "epochs": "-"},
+            "sr": {**row, "bimodality": _bimodality(True), "scale": 0.03, "optimizer": "AdamW", "epochs": 15,
+                   "control": "ctrl", "mAP50-95": 0.49},
+            "ctrl": {**row, "bimodality": _bimodality(False), "scale": 0.0, "optimizer": "AdamW", "epochs": 15,
+                     "wall_s": 99.6}}
+    lines = bench_sparsity.format_table(rows).splitlines()
+    assert len(lines) == 5 and "vs control" in lines[0]
+    assert lines[3].startswith("| sr | AdamW | 0.03 | 15 |") and "| yes |" in lines[3] and "| -0.0100 |" in lines[3]
+    assert "| off |" in lines[4] and "| no |" in lines[4] and lines[4].endswith("| - | 100 |")
+
+
+def test_sparsity_histogram_sits_beside_the_json(tmp_path):
+    assert bench_sparsity.histogram_path(ac.RESULTS / "sparsity.json") == ac.RESULTS / "sparsity_hist.png"
+    import torch
+    g = {"a": [torch.zeros(8), torch.linspace(0.3, 1, 8)], "b": [torch.linspace(0.2, 1, 16)]}
+    path = bench_sparsity.write_histogram(g, 1.0, tmp_path / "h.png")  # exact zeros land in the first bin
+    assert path == str(tmp_path / "h.png") and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_distill_summary_and_targets():

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 __all__ = ["new_figure", "save_figure", "plot_pr_curve", "plot_mc_curve", "plot_confusion_matrix",
-           "plot_results", "plot_gamma_histograms", "plot_gamma_boxes"]
+           "plot_results", "plot_gamma_histograms", "plot_gamma_boxes", "plot_gamma_split"]
 
 _MAX_LEGEND = 20  # beyond this many classes a per-class legend is unreadable
 
@@ -169,4 +169,29 @@ def plot_gamma_boxes(before: list, after: list, layers: list[int], path: str | P
         ax.set_title(f"per-layer |gamma| {title} training")
         ax.set_xticks(range(1, len(layers) + 1), [str(i) for i in layers], rotation=90, fontsize=6)
     axes[1].set_xlabel("cfg layer")
+    return save_figure(fig, path, dpi=120)
+
+
+def plot_gamma_split(series: dict, path: str | Path, floor: float = 1e-4, marks: Sequence[float] = (),
+                     title: str = "") -> Path:
+    """|gamma| histograms of several models on one log-x axis with a log count axis.
+
+    ``series``: label -> |gamma| values. A log axis shows a pile near zero and a group of large
+    gammas as two separate humps; values below ``floor`` (exact zeros included) are counted in the
+    first bin, labelled ``<= floor``. ``marks``: x positions of dashed vertical lines (thresholds).
+    """
+    values = {k: np.clip(np.abs(np.asarray(v, dtype=np.float64)).ravel(), floor, None) for k, v in series.items()}
+    hi = max([float(v.max()) for v in values.values() if v.size] + [floor * 10])
+    bins = np.geomspace(floor, hi * 1.05, 61)
+    fig, ax = new_figure(figsize=(8, 4.5))
+    for label, v in values.items():
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.6, label=f"{label} (n={v.size})")
+    for x in marks:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"|gamma| (values <= {floor:g} in the first bin)")
+    ax.set_ylabel("channels")
+    ax.legend(loc="upper center")
+    ax.set_title(title or "BatchNorm |gamma| of the prunable layers")
     return save_figure(fig, path, dpi=120)

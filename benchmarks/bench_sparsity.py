@@ -208,16 +208,23 @@ def control_run(run: ac.PipelineRun, opt: argparse.Namespace, settings: dict, sp
     return {"weights": out / "no_sr" / "weights" / "last.pt", "wall_s": meta["wall_s"], "source": "bench"}
 
 
-def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split: str) -> dict[str, dict]:
-    """Two rows per --grid pair (its -sr model and its control), after checking that they match."""
-    rows: dict[str, dict] = {}
-    for k, (sparse_w, control_w) in enumerate(pairs, 1):
+def check_grid(pairs: list[tuple[Path, Path]]) -> None:
+    """Every --grid control must be its sparse model's matched control."""
+    for sparse_w, control_w in pairs:
         sparse_opt = ac.checkpoint_opt(sparse_w)
         bad = control_mismatch(sparse_opt, ac.checkpoint_opt(control_w))
         if bad:
-            raise ValueError(f"--grid {sparse_w}:{control_w}: the control differs in {'; '.join(bad)}")
+            raise ValueError(f"--grid {sparse_w}:{control_w}: the control differs in {'; '.join(bad)}; "
+                             f"give each -sr checkpoint the same training without -sr")
         if not sparse_opt.get("sr"):
             print(f"WARNING: --grid {sparse_w} was trained without -sr")
+
+
+def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split: str) -> dict[str, dict]:
+    """Two rows per --grid pair (checked by :func:`check_grid`): its -sr model and its control."""
+    rows: dict[str, dict] = {}
+    for k, (sparse_w, control_w) in enumerate(pairs, 1):
+        sparse_opt = ac.checkpoint_opt(sparse_w)
         layers = sparse_layers(sparse_w)
         name = f"grid {k}: {sparse_opt.get('optimizer')} s={recorded(sparse_opt)['scale']:g}"
         rows[name + " (-sr)"] = {**measure(sparse_w, layers, data, img, split)[0], **recorded(sparse_opt),
@@ -261,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     ac.setup_main()
     grid = parse_grid(opt.grid)  # bad --grid values fail before any training
+    check_grid(grid)
     run = ac.find_run(opt.run)
     smoke = ac.is_smoke(run, opt.quick)
     pipe = ac.checkpoint_opt(run.sparse)

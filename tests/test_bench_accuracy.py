@@ -239,3 +239,82 @@ def test_update_readme_main_check_and_write(tmp_path):
     assert urr.main(args) == 0
     assert urr.main(args + ["--check"]) == 0
     assert "keep me" in readme.read_text()
+
+
+# ------------------------------------------------------------------------------------ end to end
+TINY = ["--img", "64", "--batch", "8", "--workers", "0", "--noautoanchor", "--epochs", "1", "--seed", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished pipeline run in miniature: baseline, -sr model and its control_sparse stage."""
+    import train
+    import train_sparsity
+    from utils.synthetic import make_shapes_dataset
+
+    root = tmp_path_factory.mktemp("bench_sparsity")
+    data = make_shapes_dataset(root / "data", n_train=16, n_val=8, n_test=8, img_size=64, seed=3, workers=1)
+    run = root / "run"
+    common = TINY + ["--data", str(data / "dataset.yaml"), "--project", str(run), "--exist-ok"]
+    assert train.main(common + ["--cfg", "models/yolov5n.yaml", "--name", "base"]) == 0
+    base = ["--weights", str(run / "base" / "weights" / "best.pt"), "--noval"]
+    assert train_sparsity.main(common + base + ["--name", "sparse", "-sr", "--scale", "0.05"]) == 0
+    assert train_sparsity.main(common + base + ["--name", "control_sparse"]) == 0
+    return run
+
+
+def test_bench_sparsity_end_to_end_reuses_the_runs_control(tiny_run, tmp_path, capsys):
+    out = tmp_path / "sparsity.json"
+    sparse = tiny_run / "sparse" / "weights" / "last.pt"
+    control = tiny_run / "control_sparse" / "weights" / "last.pt"
+    assert bench_sparsity.main(["--run", str(tiny_run), "--json", str(out), "--grid", f"{sparse}:{control}"]) == 0
+    text = capsys.readouterr().out
+    assert "==>" not in text  # nothing trained: the run's -sr model and control_sparse stage are reused
+    assert f"matched control: {control} (pipeline control_sparse)" in text
+    r = json.loads(out.read_text())
+    for key in ("benchmark", "quick", "date", "machine", "settings", "rows", "targets", "table_markdown",
+                "split", "control_source", "hist_png"):
+        assert key in r, key
+    assert r["split"] == "test" and r["control_source"] == "pipeline control_sparse"
+    assert r["sr_source"] == "pipeline sparse" and Path(r["hist_png"]) == tmp_path / "sparsity_hist.png"
+    assert Path(r["hist_png"]).is_file()
+    names = list(r["rows"])
+    assert names[:3] == ["baseline", bench_sparsity.SPARSE, bench_sparsity.CONTROL] and len(names) == 5
+    assert r["rows"][bench_sparsity.SPARSE]["scale"] == 0.05 and r["rows"][bench_sparsity.CONTROL]["scale"] == 0.0
+    assert r["rows"][bench_sparsity.SPARSE]["control"] == bench_sparsity.CONTROL
+    for row in r["rows"].values():
+        assert set(row["bimodality"]) >= {"low_share", "valley_share", "high_share", "bimodal", "sarle_bc"}
+        assert 0.0 <= row["mAP50-95"] <= row["mAP50"] <= 1.0
+    assert len(r["targets"]) == 3 and all(isinstance(v, bool) for v in r["targets"].values())
+
+
+def test_bench_sparsity_refuses_an_unmatched_control(tiny_run, tmp_path):
+    sparse = tiny_run / "sparse" / "weights" / "last.pt"
+    with pytest.raises(ValueError, match="--control .*sr: the control was trained with -sr"):
+        bench_sparsity.main(["--run", str(tiny_run), "--json", str(tmp_path / "s.json"), "--control", str(sparse)])
+    with pytest.raises(ValueError, match="--grid .*the control differs in weights None"):  # base: from scratch
+        bench_sparsity.main(["--run", str(tiny_run), "--json", str(tmp_path / "s.json"),
+                             "--grid", f"{sparse}:{tiny_run / 'base' / 'weights' / 'best.pt'}"])
+    assert not (tmp_path / "s.json").exists()
+
+
+def test_bench_sparsity_trains_a_control_when_the_stage_does_not_match(tiny_run, tmp_path, monkeypatch, capsys):
+    import shutil
+    run = tmp_path / "run"
+    for stage, src in (("base/weights/best.pt", "base/weights/best.pt"),
+                       ("sparse/weights/last.pt", "sparse/weights/last.pt"),
+                       ("control_sparse/weights/last.pt", "sparse/weights/last.pt")):  # a -sr "control"
+        (run / stage).parent.mkdir(parents=True)
+        shutil.copy(tiny_run / src, run / stage)
+    calls = []
+    monkeypatch.setattr(ac, "cached_run", lambda cmd, out_dir, done, fresh: calls.append(cmd) or {"wall_s": 7.0})
+    settings = {**ac.checkpoint_opt(run / "sparse/weights/last.pt"), "epochs": 3}
+    opt = bench_sparsity.parse_args(["--run", str(run)])
+    got = bench_sparsity.control_run(ac.find_run(run), opt, settings, run / "sparse/weights/last.pt")
+    assert "is not the matched control here (differs in sr" in capsys.readouterr().out
+    assert got["source"] == "bench" and got["wall_s"] == 7.0
+    assert got["weights"].parts[-3:] == ("no_sr", "weights", "last.pt")
+    cmd = calls[0]
+    assert "train_sparsity.py" in cmd[1] and "-sr" not in cmd and cmd[cmd.index("--name") + 1] == "no_sr"
+    assert cmd[cmd.index("--epochs") + 1] == "3"
+    assert Path(cmd[cmd.index("--weights") + 1]) == (run / "base/weights/best.pt").resolve()

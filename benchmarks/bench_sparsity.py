@@ -72,11 +72,15 @@ def targets(sr: dict, control: dict, epochs: int | str) -> dict[str, bool]:
     """The three claims, each True/False; ``control`` is the matched control's row."""
     return {
         "-sr: |gamma| bimodal (a pile near zero and a separated group)": bool(sr["bimodality"]["bimodal"]),
-        f"-sr: mAP@.5:.95 within {MAP_GAP} of the matched control (same {epochs} epochs, no -sr)":
+        f"-sr: mAP@.5:.95 within {MAP_GAP} of the matched control (same {_epochs(epochs)}, no -sr)":
             sr["mAP50-95"] >= control["mAP50-95"] - MAP_GAP,
         "no -sr: |gamma| not bimodal (the matched control: the split comes from the penalty)":
             not control["bimodality"]["bimodal"],
     }
+
+
+def _epochs(n: int | str) -> str:
+    return f"{n} epoch" + ("" if str(n) == "1" else "s")
 
 
 def _path_value(v) -> str | None:
@@ -258,7 +262,7 @@ def write_histogram(gammas: dict[str, list], scale: float, path: Path) -> str | 
 def describe(run: ac.PipelineRun, settings: dict, layers: list[int], split: str, control: dict) -> str:
     img = settings["img"]
     return (f"\nSparsity training with -sr and its matched control from {run.base} ({len(layers)} prunable "
-            f"layers, {settings['epochs']} epochs, img {img}, batch {settings.get('batch_size')}, nbs "
+            f"layers, {_epochs(settings['epochs'])}, img {img}, batch {settings.get('batch_size')}, nbs "
             f"{settings.get('nbs')}, {settings.get('optimizer')}, seed {settings.get('seed')}); gammas of the "
             f"saved (EMA) weights; mAP on the {split} split\nmatched control: {control['weights']} "
             f"({control['source']})\n")

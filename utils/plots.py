@@ -190,6 +190,7 @@ def plot_gamma_split(series: dict, path: str | Path, floor: float = 1e-4, marks:
         ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)  # a bin holding one channel stays visible
     ax.set_xlabel(f"|gamma| (values <= {floor:g} in the first bin)")
     ax.set_ylabel("channels")
     ax.legend(loc="upper center")

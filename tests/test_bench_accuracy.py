@@ -318,3 +318,12 @@ def test_bench_sparsity_trains_a_control_when_the_stage_does_not_match(tiny_run,
     assert "train_sparsity.py" in cmd[1] and "-sr" not in cmd and cmd[cmd.index("--name") + 1] == "no_sr"
     assert cmd[cmd.index("--epochs") + 1] == "3"
     assert Path(cmd[cmd.index("--weights") + 1]) == (run / "base/weights/best.pt").resolve()
+
+
+def test_held_out_split_falls_back_to_val(tmp_path):
+    from utils.synthetic import make_shapes_dataset
+    with_test = make_shapes_dataset(tmp_path / "a", n_train=2, n_val=2, n_test=2, img_size=32, workers=1)
+    without = make_shapes_dataset(tmp_path / "b", n_train=2, n_val=2, img_size=32, workers=1)
+    assert ac.held_out_split(str(with_test / "dataset.yaml")) == "test"
+    assert ac.held_out_split(str(without / "dataset.yaml")) == "val"
+    assert ac.held_out_split(None) == "test"  # the built-in dataset has a held-out split

@@ -31,7 +31,8 @@ PIPELINE = ROOT / "runs" / "pipeline" / "default"
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--baseline", default=str(PIPELINE / "base" / "weights" / "best.pt"))
-    p.add_argument("--pruned", default=str(PIPELINE / "finetune_distill" / "weights" / "best.pt"))
+    p.add_argument("--pruned", default=str(PIPELINE / "finetune" / "weights" / "best.pt"),
+                   help="the pruned model (default: the pipeline's final, plainly finetuned model)")
     p.add_argument("--data", default=str(ROOT / "data" / "builtin.yaml"))
     p.add_argument("--img", type=int, default=160, help="input size (the pipeline's default)")
     p.add_argument("--calib", type=int, default=300, help="INT8 calibration images (train split)")

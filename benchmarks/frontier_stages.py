@@ -31,14 +31,11 @@ from typing import Callable, Iterable, Sequence
 
 import yaml
 
+from models import load_cfg_file
+from utils.prune import EXTRA_LAYERS, find_blocks, layer_flops, max_removable
+from utils.prune.cli import build_parser, resolve_latency_aware
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from models import load_cfg_file  # noqa: E402
-from utils.prune import EXTRA_LAYERS, find_blocks, layer_flops, max_removable  # noqa: E402
-from utils.prune.cli import build_parser, resolve_latency_aware  # noqa: E402
-
 PIPELINE_SCRIPT = ROOT / "scripts" / "run_pipeline.sh"
 DONE = "frontier_done.json"
 

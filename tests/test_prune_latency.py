@@ -201,6 +201,7 @@ def test_latency_aware_options_for_every_strategy(strategy):
     assert not plain.latency_aware and plain.round_to == plain.strategy.round_to and plain.extra == frozenset()
     o8 = PruneOptions.make(strategy, 0.3, latency_aware=True, round_to=8, include_upsample=False)
     assert o8.round_to == 8 and o8.extra == {"sppf"}
+    assert o.with_ratio(0.5).latency_aware and o.with_ratio(0.5) != plain.with_ratio(0.5)
 
 
 @pytest.mark.parametrize("script", [prune_yolov5s, shortcut_prune_yolov5s, slim_prune_yolov5s, slim_prune_yolov5s_8x])

@@ -7,7 +7,9 @@
 Rows (see ``frontier_stages``): yolov5s, yolov5n and width-scaled yolov5s models trained from
 scratch for the whole epoch budget; ours (strategies 3 and 8x, each option set of
 ``frontier_stages.OPTION_SETS``) sparsity-trained from the yolov5s baseline, pruned to each FLOPs
-point and finetuned, plain and distilled from the best unpruned model; Torch-Pruning's
+point and finetuned, plain and distilled from the best unpruned model; ours with layer pruning
+(every residual block a C3 can give, alone and then with strategy 8x and ``--latency-aware`` at each
+FLOPs point), finetuned plain; Torch-Pruning's
 BNScalePruner with its own regulariser, pruned to the same points and finetuned. Every model gets
 the same total epochs, the same data and image size; accuracy is measured on the held-out test
 split (``val.py --task test``), latency on the CPU at batch 1 with BN fused and one thread, all
@@ -87,6 +89,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=nonneg_int, nargs="+", default=[0],
                    help="seeds of the final trainings (scratch models and finetunings)")
     p.add_argument("--no-torch-pruning", action="store_true", help="leave out the Torch-Pruning rows")
+    p.add_argument("--no-layer-rows", action="store_true",
+                   help=f"leave out the layer-pruning rows (planned only with the option set "
+                   f"{fs.LAYER_OPTION_SET!r}, whose sparse model they prune)")
     p.add_argument("--parallel", type=positive_int, default=1, help="stages run at once (2 on an idle 2-core machine)")
     p.add_argument("--stages", nargs="+", default=None, metavar="GLOB",
                    help="run only the stages matching these globs (and what they need); no report")
@@ -113,7 +118,7 @@ def make_settings(opt: argparse.Namespace) -> fs.Settings:
     return fs.settings_from_pipeline(
         budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None), optimizer=opt.optimizer, flops=flops,
         strategies=tuple(opt.strategies), option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
-        torch_pruning=not opt.no_torch_pruning and torch_pruning_available(),
+        torch_pruning=not opt.no_torch_pruning and torch_pruning_available(), layer_rows=not opt.no_layer_rows,
         max_train_images=ac.QUICK_TRAIN_IMAGES // 2 if opt.quick else None)
 
 
@@ -270,6 +275,14 @@ def onnx_round_robin(paths: Sequence[Path], img: int, rounds: int, warmup: int) 
     return times
 
 
+def measured_points(rows: Sequence[dict]) -> None:
+    """Rows whose FLOPs point is whatever their pruning gave (layer pruning alone) take their measured
+    FLOPs ratio as their point (so the table groups them where they belong)."""
+    for r in rows:
+        if r.get("point_from_flops"):
+            r["point"] = round(r["flops_ratio"], 3)
+
+
 def flops_warnings(rows: Sequence[dict], tolerance: float = FLOPS_TOLERANCE) -> list[str]:
     """Rows whose measured FLOPs ratio misses their FLOPs point by more than ``tolerance`` (marked
     ``flops_off_target`` so a reader does not compare them at that point)."""
@@ -375,6 +388,7 @@ def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], 
     rows = collect_rows(stages, root)
     walls = fs.stage_walls(stages, root)
     measure_latency(rows, root, s.img, opt.rounds, opt.warmup)
+    measured_points(rows)
     warnings = flops_warnings(rows)
     for line in warnings:
         print(line)

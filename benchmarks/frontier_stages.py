@@ -6,14 +6,18 @@ when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command
 and a fingerprint of the command and of everything upstream of it). A stage whose marker has the
 planned fingerprint is skipped; any other stage folder (a crash, or a run with other settings)
 is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold two placeholders resolved
-when the stage starts: ``{teacher}`` (the unpruned yolov5s checkpoint with the best val mAP) and
-``{pruned:<stage>}`` (the checkpoint a prune stage wrote).
+when the stage starts: ``{teacher}`` (the unpruned yolov5s checkpoint with the best val mAP),
+``{pruned:<stage>}`` (the checkpoint a prune stage wrote) and ``{layer_target:<stage>:<point>}`` (the
+``--target-flops`` of a channel step after ``--layers N`` that lands the whole at ``point`` of the
+original's FLOPs, from the FLOPs that layer-pruning stage kept).
 """
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -27,18 +31,26 @@ from typing import Callable, Iterable, Sequence
 
 import yaml
 
+from models import load_cfg_file
+from utils.prune import EXTRA_LAYERS, find_blocks, layer_flops, max_removable
+from utils.prune.cli import build_parser, resolve_latency_aware
+
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_SCRIPT = ROOT / "scripts" / "run_pipeline.sh"
 DONE = "frontier_done.json"
 
-# The option sets of "ours": name -> extra prune flags. One place: add a set here (e.g. a future
-# --latency-aware) and every strategy, FLOPs point and finetuning mode gets its rows.
+# The option sets of "ours": name -> extra prune flags. One place: add a set here and every strategy,
+# FLOPs point and finetuning mode gets its rows.
 OPTION_SETS: dict[str, tuple[str, ...]] = {
     "default": (),
-    "latency": ("--cost-aware", "--round-to", "16", "--include-upsample", "--include-sppf"),
+    "latency": ("--latency-aware",),
 }
-# prune flags that widen the set of prunable convs: the sparsity training must regularise them too
-SPARSITY_SHARED = ("--include-upsample", "--include-sppf")
+# prune switches that widen the set of prunable convs (train_sparsity.py takes the same ones): the
+# sparsity training must regularise them too (see sparsity_switches)
+SPARSITY_SHARED = tuple(EXTRA_LAYERS.values())
+# the option set of the layer-pruning rows (the combination the pipeline defaults to) and their strategy
+LAYER_OPTION_SET = "latency"
+LAYER_STRATEGY = "8x"
 # the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
 PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
 # pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get)
@@ -80,6 +92,7 @@ class Settings:
     option_sets: tuple[str, ...] = tuple(OPTION_SETS)
     seeds: tuple[int, ...] = (0,)
     torch_pruning: bool = True
+    layer_rows: bool = True
     max_train_images: int = 0
     workers: int = 1
 
@@ -188,7 +201,7 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
     for opt_name in s.option_sets:
         opts = OPTION_SETS[opt_name]
         sparse = f"sparse_{opt_name}"
-        shared = [f for f in SPARSITY_SHARED if f in opts]
+        shared = sparsity_switches(opts)
         out.append(Stage(sparse, "sparsity", (py, "train_sparsity.py", "--weights", base_w,
                                               *_train_flags(s, s.budget.sparse, s.ft_hyp, 0), "-sr",
                                               "--scale", str(s.scale), "--prune", "1", *shared, *_out(root, sparse)),
@@ -200,7 +213,7 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
                     py, PRUNE_SCRIPTS[strategy], "--weights", str(root / sparse / "weights" / "last.pt"),
                     "--data", s.data, "--img_size", str(s.img), "--layer_keep", str(s.layer_keep),
                     "--target-flops", _fmt(point), *opts, "--no-eval", "--workers", "0",
-                    "--out-dir", str(root / prune)), needs=(sparse,), exclusive="--cost-aware" in opts))
+                    "--out-dir", str(root / prune)), needs=(sparse,), exclusive=prune_args(opts).cost_aware))
                 method = f"ours {strategy} {opt_name}"
                 for mode in ("plain", "distill"):
                     for seed in s.seeds:
@@ -214,6 +227,76 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
                             row={"method": method + (" + distill" if mode == "distill" else ""),
                                  "label": f"{method}, {'distilled' if mode == 'distill' else 'plain'}",
                                  "seed": seed, "point": point, "epochs": s.budget.total}))
+    return out
+
+
+def prune_args(opts: Sequence[str], strategy: str = LAYER_STRATEGY) -> argparse.Namespace:
+    """The prune script's settings that the flags ``opts`` give (``--latency-aware`` expanded as the
+    script expands it)."""
+    args = build_parser(strategy).parse_args(list(opts))
+    resolve_latency_aware(args)
+    return args
+
+
+def sparsity_switches(opts: Sequence[str]) -> list[str]:
+    """The ``train_sparsity.py`` switches (:data:`SPARSITY_SHARED`) that regularise every conv the
+    prune flags ``opts`` make prunable."""
+    args = prune_args(opts)
+    return [flag for name, flag in EXTRA_LAYERS.items() if getattr(args, f"include_{name}")]
+
+
+def layer_plan(cfg: str | Path, img: int) -> tuple[int, float]:
+    """(N, FLOPs kept): how many residual blocks layer pruning can remove from ``cfg`` while every C3
+    keeps one (yolov5s: 3), and the fraction of the conv FLOPs at ``img`` px left after that (each C3
+    keeping its largest block: exact for YOLOv5, whose blocks in one C3 are alike)."""
+    c = load_cfg_file(Path(cfg) if Path(cfg).is_absolute() else ROOT / cfg)
+    blocks, flops = find_blocks(c), layer_flops(c, img)
+    stages: dict[int, list[float]] = {}
+    for b in blocks:
+        stages.setdefault(b.stage, []).append(sum(flops[i] for i in b.convs))
+    removed = sum(sum(v) - max(v) for v in stages.values())
+    return max_removable(blocks), 1.0 - removed / sum(flops.values())
+
+
+def _plain_finetunes(s: Settings, root: Path, prune: str, key: str, cost: float, row: dict) -> list[Stage]:
+    """Plain finetunings (one per seed) of the model that the stage ``prune`` wrote."""
+    out = []
+    for seed in s.seeds:
+        name = f"ft_{key}_plain_s{seed}"
+        out.append(Stage(name, "finetune", (sys.executable, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
+                                            *_train_flags(s, s.budget.finetune, s.ft_hyp, seed), *_out(root, name)),
+                         needs=(prune,), epochs=s.budget.finetune, cost=cost, weights="weights/best.pt",
+                         row={**row, "seed": seed, "epochs": s.budget.total}))
+    return out
+
+
+def layer_stages(s: Settings, root: Path) -> list[Stage]:
+    """Layer pruning of the sparse model of :data:`LAYER_OPTION_SET`: every removable residual block
+    alone (one FLOPs point: whatever that gives; the row's point is its measured FLOPs), and then
+    strategy 8x with that option set at each FLOPs point (the whole model at the point: the channel
+    step's target is resolved from the FLOPs the blocks left); each finetuned plain. None without
+    ``layer_rows`` or when the option set is not planned (its sparse model is what they prune)."""
+    if not s.layer_rows or LAYER_OPTION_SET not in s.option_sets:
+        return []
+    py, sparse, opts = sys.executable, f"sparse_{LAYER_OPTION_SET}", OPTION_SETS[LAYER_OPTION_SET]
+    n, kept = layer_plan(s.cfg, s.img)
+    weights = str(root / sparse / "weights" / "last.pt")
+    layers = f"prune_layers_n{n}"
+    common = ("--data", s.data, "--img_size", str(s.img), "--no-eval", "--workers", "0")
+    out = [Stage(layers, "prune", (py, "layer_prune_yolov5s.py", "--weights", weights, "--shortcuts", str(n), *common,
+                                   "--out-dir", str(root / layers)), needs=(sparse,))]
+    out += _plain_finetunes(s, root, layers, f"layers_n{n}", kept + 0.15,
+                            {"method": "ours layers", "label": f"ours layers ({n} residual blocks), plain",
+                             "point": None, "point_from_flops": True})
+    method = f"ours layers+{LAYER_STRATEGY} {LAYER_OPTION_SET}"
+    for point in s.flops:
+        key = f"layers{LAYER_STRATEGY}_{LAYER_OPTION_SET}_f{_fmt(point)}"
+        out.append(Stage(f"prune_{key}", "prune", (
+            py, PRUNE_SCRIPTS[LAYER_STRATEGY], "--weights", weights, "--layers", str(n), *common,
+            "--layer_keep", str(s.layer_keep), "--target-flops", f"{{layer_target:{layers}:{_fmt(point)}}}", *opts,
+            "--out-dir", str(root / f"prune_{key}")), needs=(sparse, layers), exclusive=prune_args(opts).cost_aware))
+        out += _plain_finetunes(s, root, f"prune_{key}", key, point + 0.15,
+                                {"method": method, "label": f"{method}, plain", "point": point})
     return out
 
 
@@ -255,7 +338,7 @@ def eval_stages(s: Settings, root: Path, stages: Sequence[Stage]) -> list[Stage]
 
 def build_plan(s: Settings, root: Path, widths: dict[float, str], costs: dict[str, float]) -> list[Stage]:
     """Every stage in a valid order (each after the stages it needs)."""
-    stages = scratch_stages(s, root, widths, costs) + ours_stages(s, root)
+    stages = scratch_stages(s, root, widths, costs) + ours_stages(s, root) + layer_stages(s, root)
     if s.torch_pruning:
         stages += tp_stages(s, root)
     stages += eval_stages(s, root, stages)
@@ -331,13 +414,26 @@ def stage_walls(stages: Sequence[Stage], root: Path) -> dict[str, float]:
 
 
 def find_pruned(folder: Path) -> Path:
-    """The pruned checkpoint a prune stage wrote (``pruned.pt`` or the prune script's ``prune_*.pt``)."""
+    """The pruned checkpoint a prune stage wrote (``pruned.pt``, the prune scripts' ``prune_*.pt`` or
+    layer_prune_yolov5s.py's ``layer_*.pt``)."""
     if (folder / "pruned.pt").is_file():
         return folder / "pruned.pt"
-    found = sorted(folder.glob("prune_*.pt"), key=os.path.getmtime)
+    found = sorted([*folder.glob("prune_*.pt"), *folder.glob("layer_*.pt")], key=os.path.getmtime)
     if not found:
-        raise FileNotFoundError(f"{folder}: no pruned checkpoint (prune_*.pt); rerun its stage")
+        raise FileNotFoundError(f"{folder}: no pruned checkpoint (prune_*.pt, layer_*.pt); rerun its stage")
     return found[-1]
+
+
+def layer_target(folder: Path, point: float) -> str:
+    """``--target-flops`` of a channel step after the layer pruning that ``folder``'s stage did, so that
+    the whole keeps at most ``point`` of the original's FLOPs: point / the fraction the blocks left
+    (from the stage's JSON report; rounded down, at most 1)."""
+    reports = sorted(folder.glob("layer_*.json"), key=os.path.getmtime)
+    try:
+        kept = float(json.loads(reports[-1].read_text())["figures"]["flops"]["ratio"])
+    except (IndexError, OSError, KeyError, TypeError, ValueError) as e:
+        raise RuntimeError(f"{folder}: no layer-pruning report with the FLOPs kept ({e!r}); rerun its stage") from e
+    return f"{min(1.0, math.floor(point / kept * 1e4 + 1e-6) / 1e4):g}"  # + 1e-6: 0.3 / 0.8 is 0.37499...
 
 
 def resolve(cmd: Sequence[str], root: Path, teacher: Callable[[], str]) -> list[str]:
@@ -348,6 +444,9 @@ def resolve(cmd: Sequence[str], root: Path, teacher: Callable[[], str]) -> list[
             arg = teacher()
         elif arg.startswith("{pruned:") and arg.endswith("}"):
             arg = str(find_pruned(root / arg[len("{pruned:"):-1]))
+        elif arg.startswith("{layer_target:") and arg.endswith("}"):
+            stage, point = arg[len("{layer_target:"):-1].rsplit(":", 1)
+            arg = layer_target(root / stage, float(point))
         out.append(arg)
     return out
 

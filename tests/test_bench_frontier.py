@@ -2,6 +2,7 @@
 stage outputs (the full chain runs with ``benchmarks/bench_frontier.py --quick``)."""
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -76,9 +77,12 @@ def test_plan_option_sets_reach_sparsity_and_prune_commands(tmp_path):
     by = {st.name: st for st in _plan(tmp_path)}
     assert "--include-upsample" in by["sparse_latency"].cmd and "--include-sppf" in by["sparse_latency"].cmd
     assert "--include-upsample" not in by["sparse_default"].cmd and "-sr" in by["sparse_default"].cmd
+    shared = by["sparse_latency"].cmd[by["sparse_latency"].cmd.index("--prune") + 2:][:2]
+    assert shared == ("--include-upsample", "--include-sppf")  # the command (and its fingerprint) of earlier runs
     prune = by["prune_8x_latency_f0.3"].cmd
     for flag in fs.OPTION_SETS["latency"]:
         assert flag in prune
+    assert fs.OPTION_SETS["latency"] == ("--latency-aware",) and "--cost-aware" not in prune
     assert prune[prune.index("--target-flops") + 1] == "0.3" and "slim_prune_yolov5s_8x.py" in prune
     distill = by["ft_3_default_f0.7_distill_s0"]
     assert "{teacher}" in distill.cmd and {"base", "scratch_s_s0"} <= set(distill.needs)
@@ -323,3 +327,105 @@ def test_width_scaled_models_hit_their_flops_point(tmp_path, monkeypatch):
     assert 0.15 < costs["n"] < costs["w0.5"] < costs["s"] == 1.0
     monkeypatch.setattr(fs, "width_for_flops", lambda *a, **k: pytest.fail("the cached width was searched again"))
     assert bf.prepare_widths(s, tmp_path)[0] == widths
+
+
+# ------------------------------------------------------------------------------------ option sets, layer rows
+def test_sparsity_switches_follow_what_the_prune_flags_make_prunable():
+    assert fs.sparsity_switches(()) == []
+    assert fs.sparsity_switches(("--latency-aware",)) == ["--include-upsample", "--include-sppf"]
+    assert fs.sparsity_switches(("--latency-aware", "--no-include-sppf")) == ["--include-upsample"]
+    assert fs.sparsity_switches(("--include-sppf", "--round-to", "16")) == ["--include-sppf"]
+    assert fs.prune_args(("--latency-aware",)).cost_aware and not fs.prune_args(("--round-to", "16")).cost_aware
+
+
+def test_layer_plan_counts_the_blocks_each_c3_can_give():
+    n, kept = fs.layer_plan("models/yolov5s.yaml", 160)
+    assert n == 3 and 0.8 < kept < 0.95  # yolov5s: C3 modules of 1, 2, 3, 1 blocks
+    assert fs.layer_plan(ROOT / "models" / "yolov5m.yaml", 160)[0] == 10  # 2, 4, 6, 2 blocks
+
+
+def test_plan_has_the_layer_pruning_rows(tmp_path):
+    stages = _plan(tmp_path)
+    by = {st.name: st for st in stages}
+    layers = by["prune_layers_n3"]
+    assert layers.cmd[1] == "layer_prune_yolov5s.py" and layers.needs == ("sparse_latency",)
+    assert layers.cmd[layers.cmd.index("--shortcuts") + 1] == "3"
+    assert str(tmp_path / "sparse_latency" / "weights" / "last.pt") in layers.cmd
+    ft = by["ft_layers_n3_plain_s0"]
+    assert "{pruned:prune_layers_n3}" in ft.cmd and "--distill" not in ft.cmd
+    assert ft.row["point"] is None and ft.row["point_from_flops"] and ft.row["method"] == "ours layers"
+    for point in (0.7, 0.3):
+        prune = by[f"prune_layers8x_latency_f{point:g}"]
+        assert prune.cmd[1] == "slim_prune_yolov5s_8x.py" and "--latency-aware" in prune.cmd
+        assert prune.cmd[prune.cmd.index("--layers") + 1] == "3"
+        assert prune.cmd[prune.cmd.index("--target-flops") + 1] == f"{{layer_target:prune_layers_n3:{point:g}}}"
+        assert prune.needs == ("sparse_latency", "prune_layers_n3") and prune.exclusive
+        ft = by[f"ft_layers8x_latency_f{point:g}_plain_s0"]
+        assert ft.row["point"] == point and ft.cost == pytest.approx(point + 0.15)
+        assert not any(n.startswith("ft_layers") and "distill" in n for n in by)  # plain finetunes only
+    labels = [st.row["label"] for st in stages if st.row]
+    assert "ours layers (3 residual blocks), plain" in labels and "ours layers+8x latency, plain" in labels
+    assert "ours 8x latency, plain" in labels
+    assert {f"eval_{n}" for n in ("ft_layers_n3_plain_s0", "ft_layers8x_latency_f0.7_plain_s0")} <= set(by)
+    without = {st.name for st in _plan(tmp_path, layer_rows=False)}
+    assert without == {n for n in by if "layers" not in n}  # the other stages keep their names
+    assert not any("layers" in st.name for st in _plan(tmp_path, option_sets=("default",)))
+    assert bf.parse_args(["--no-layer-rows"]).no_layer_rows
+
+
+def test_layer_rows_cost_under_a_quarter_more_time(tmp_path):
+    widths = {f: f"cfgs/yolov5s_w{f}.yaml" for f in (0.7, 0.5, 0.3)}
+    costs = {"n": 0.37, "w0.7": 0.74, "w0.5": 0.57, "w0.3": 0.43}
+    s = fs.Settings(budget=bf.DEFAULT_BUDGET)
+    with_rows = fs.estimate_seconds(fs.build_plan(s, tmp_path, widths, costs), 40.0, bf.OTHER_SECONDS)
+    without = fs.estimate_seconds(fs.build_plan(replace(s, layer_rows=False), tmp_path, widths, costs), 40.0,
+                                  bf.OTHER_SECONDS)
+    assert without < with_rows < 1.25 * without
+
+
+def test_layer_target_lands_the_whole_model_at_the_point(tmp_path):
+    folder = tmp_path / "prune_layers_n3"
+    folder.mkdir()
+    with pytest.raises(RuntimeError, match="no layer-pruning report"):
+        fs.layer_target(folder, 0.5)
+    (folder / "layer_3_last.json").write_text(json.dumps({"figures": {"flops": {"ratio": 0.8}}}))
+    (folder / "layer_3_last.pt").write_text("x")
+    assert fs.layer_target(folder, 0.5) == "0.625" and fs.layer_target(folder, 0.9) == "1"
+    cmd = ("py", "--target-flops", "{layer_target:prune_layers_n3:0.3}", "--weights", "{pruned:prune_layers_n3}")
+    assert fs.resolve(cmd, tmp_path, lambda: "") == ["py", "--target-flops", "0.375", "--weights",
+                                                     str(folder / "layer_3_last.pt")]
+
+
+def test_layer_stages_run_on_a_tiny_model(tmp_path):
+    """The two layer-pruning prune commands of the plan, run on a fake-sparse yolov5n at 64 px: the
+    channel step after the blocks lands the whole model at the FLOPs point."""
+    s = fs.Settings(budget=BUDGET, img=64, flops=(0.5,), cfg="models/yolov5n.yaml", strategies=("8x",))
+    stages = fs.build_plan(s, tmp_path, {0.5: "unused.yaml"}, {})
+    model = fake_sparsity_(build_model(ROOT / "models" / "yolov5n.yaml", nc=5), img_size=64).eval()
+    save_checkpoint(tmp_path / "sparse_latency" / "weights" / "last.pt", model, history=[{"step": "sparsity"}])
+    picked = [replace(st, needs=tuple(n for n in st.needs if n != "sparse_latency"))
+              for st in fs.select(stages, ["prune_layers8x_latency_f0.5"]) if st.kind == "prune"]
+    assert [st.name for st in picked] == ["prune_layers_n3", "prune_layers8x_latency_f0.5"]
+    run = fs.run_stages(picked, tmp_path, lambda: "", poll_s=0.1)
+    assert not run.failed, run.failed
+    layered = load_model(fs.find_pruned(tmp_path / "prune_layers_n3"), verbose=False)
+    both = load_model(fs.find_pruned(tmp_path / "prune_layers8x_latency_f0.5"), verbose=False)
+    full = count_flops(model, 64)
+    assert len(layered.cfg.layers) < len(model.cfg.layers) and len(both.cfg.layers) == len(layered.cfg.layers)
+    assert 0.4 < count_flops(both, 64) / full <= 0.5 + 1e-3
+    entry = torch.load(fs.find_pruned(tmp_path / "prune_layers8x_latency_f0.5"), weights_only=True)["history"][-1]
+    assert entry["settings"]["latency_aware"] is True and entry["settings"]["layers"] == 3
+
+
+def test_layer_rows_take_their_measured_flops_as_point_and_render_distinctly(tmp_path):
+    rows = _rows()
+    extra = {**rows[2], "label": "ours layers (3 residual blocks), plain", "method": "ours layers", "point": None,
+             "point_from_flops": True, "flops_ratio": 0.9043}
+    rows += [extra, {**rows[2], "label": "ours layers+8x latency, plain", "method": "ours layers+8x latency"}]
+    bf.measured_points(rows)
+    assert extra["point"] == 0.904 and rows[2]["point"] == 0.3
+    assert bf.flops_warnings(rows) == []
+    table = bf.format_table(rows)
+    assert "| ours layers (3 residual blocks), plain | 0.904 |" in table and "ours layers+8x latency, plain" in table
+    body = "\n".join(urr.render_frontier({"rows": rows, "settings": {}}))
+    assert "ours layers (3 residual blocks), plain" in body and "ours layers+8x latency, plain" in body

@@ -1,4 +1,5 @@
-"""Latency-aware pruning: per-channel costs, ranking weights, --round-to and --cost-aware (CPU, tiny)."""
+"""Latency-aware pruning: per-channel costs, ranking weights, --round-to, --cost-aware and --latency-aware
+(CPU, tiny)."""
 import json
 import math
 import shutil
@@ -6,11 +7,15 @@ import shutil
 import pytest
 import torch
 
+import prune_yolov5s
+import shortcut_prune_yolov5s
 import slim_prune_yolov5s
+import slim_prune_yolov5s_8x
 from models import build_model, load_cfg_file, load_model, save_checkpoint
 from utils.prune import (PruneOptions, Target, analyse, estimate_cost, plan, prune, search_ratio,
                          sparsity_layers)
 from utils.prune.absorb import bn_key
+from utils.prune.cli import build_parser, resolve_latency_aware
 from utils.prune.cost import channel_costs, latency_weights, layer_flops, profile_layers, prune_units
 from utils.prune.fake import fake_sparsity_
 from utils.prune.masks import weighted_gammas
@@ -172,3 +177,94 @@ def test_cli_rejects_bad_round_to(checkpoint, tmp_path):
         slim_prune_yolov5s.main(["--weights", str(checkpoint), "--no-eval", "--round-to", "0",
                                  "--out-dir", str(tmp_path)])
     assert e.value.code == 2
+
+
+# ------------------------------------------------------------------------------------ --latency-aware
+def test_latency_aware_expands_to_its_parts_and_explicit_values_win():
+    on = PruneOptions.latency_settings(True)
+    assert on == {"cost_aware": True, "round_to": 16, "include_upsample": True, "include_sppf": True}
+    assert PruneOptions.latency_settings(False) == {"cost_aware": False, "round_to": None, "include_upsample": False,
+                                                    "include_sppf": False}
+    mixed = PruneOptions.latency_settings(True, round_to=8, include_sppf=False, cost_aware=None)
+    assert mixed == {"cost_aware": True, "round_to": 8, "include_upsample": True, "include_sppf": False}
+    assert PruneOptions.latency_settings(False, round_to=32)["round_to"] == 32
+    assert PruneOptions.latency_flags() == ["--cost-aware", "--round-to", "16", "--include-upsample", "--include-sppf"]
+    with pytest.raises(ValueError, match="no part"):
+        PruneOptions.latency_settings(True, layer_keep=0.1)
+
+
+@pytest.mark.parametrize("strategy", ["1", "2", "3", "8x"])
+def test_latency_aware_options_for_every_strategy(strategy):
+    o = PruneOptions.make(strategy, 0.3, latency_aware=True)
+    assert o.latency_aware and o.round_to == 16 and o.extra == {"upsample", "sppf"}
+    plain = PruneOptions.make(strategy, 0.3)
+    assert not plain.latency_aware and plain.round_to == plain.strategy.round_to and plain.extra == frozenset()
+    o8 = PruneOptions.make(strategy, 0.3, latency_aware=True, round_to=8, include_upsample=False)
+    assert o8.round_to == 8 and o8.extra == {"sppf"}
+    assert o.with_ratio(0.5).latency_aware and o.with_ratio(0.5) != plain.with_ratio(0.5)
+
+
+@pytest.mark.parametrize("script", [prune_yolov5s, shortcut_prune_yolov5s, slim_prune_yolov5s, slim_prune_yolov5s_8x])
+def test_latency_aware_flag_on_every_prune_script(script):
+    strategy = {prune_yolov5s: "1", shortcut_prune_yolov5s: "2", slim_prune_yolov5s: "3",
+                slim_prune_yolov5s_8x: "8x"}[script]
+    parser = build_parser(strategy)
+    args = parser.parse_args(["--latency-aware"])
+    implied = resolve_latency_aware(args)
+    assert (args.cost_aware, args.round_to, args.include_upsample, args.include_sppf) == (True, 16, True, True)
+    assert implied == dict(PruneOptions.LATENCY_AWARE)
+    args = parser.parse_args(["--latency-aware", "--round-to", "8", "--no-cost-aware", "--no-include-sppf"])
+    assert resolve_latency_aware(args) == {"include_upsample": True}
+    assert (args.cost_aware, args.round_to, args.include_upsample, args.include_sppf) == (False, 8, True, False)
+    args = parser.parse_args([])  # without the flag: the original yolov5_prune's behaviour
+    assert resolve_latency_aware(args) == {}
+    assert (args.cost_aware, args.round_to, args.include_upsample, args.include_sppf) == (False, None, False, False)
+    assert "--latency-aware" in parser.format_help()
+
+
+def _latency_aware_run(script, checkpoint, tmp_path, *flags) -> dict:
+    weights = tmp_path / "last.pt"
+    shutil.copy(checkpoint, weights)
+    argv = ["--weights", str(weights), "--no-eval", "--img_size", "64", "--device", "cpu", "--latency-runs", "1",
+            *flags]
+    assert script.main(argv) == 0
+    out = next(p for p in tmp_path.glob("prune_*last.pt"))
+    return torch.load(out, weights_only=True), json.loads(out.with_suffix(".json").read_text()), out
+
+
+def test_strategy_1_latency_aware_run_records_it(checkpoint, nano, tmp_path, capsys):
+    ckpt, report, out = _latency_aware_run(prune_yolov5s, checkpoint, tmp_path, "--latency-aware", "--percent", "0.4")
+    printed = capsys.readouterr().out
+    assert "--latency-aware: --cost-aware --round-to 16 --include-upsample --include-sppf" in printed
+    entry = ckpt["history"][-1]
+    settings = entry["settings"]
+    assert settings["latency_aware"] is True and settings["cost_aware"] is True and settings["round_to"] == 16
+    assert settings["include_upsample"] is True and settings["include_sppf"] is True
+    assert report["settings"] == settings and ckpt["opt"]["latency_aware"] is True
+    assert sorted(map(int, settings["ranking_weights"])) == nano[1].prunable("1", {"upsample", "sppf"})
+    optional = set(nano[1].optional)  # the convs feeding an upsample or the SPPF maxpools: prunable now
+    assert optional and optional <= set(map(int, entry["masks"]))
+    for mask in entry["masks"].values():
+        assert sum(mask) % 16 == 0 or sum(mask) == len(mask)
+    assert any(sum(m) < len(m) for m in entry["masks"].values())
+    load_model(out)(torch.rand(1, 3, 64, 64))
+
+
+def test_without_latency_aware_the_history_says_so(checkpoint, nano, tmp_path, capsys):
+    ckpt, _, _ = _latency_aware_run(prune_yolov5s, checkpoint, tmp_path, "--percent", "0.4")
+    settings = ckpt["history"][-1]["settings"]
+    assert settings["latency_aware"] is False and settings["cost_aware"] is False and settings["round_to"] == 1
+    assert settings["include_upsample"] is False and settings["ranking_weights"] is None
+    assert not set(nano[1].optional) & set(map(int, ckpt["history"][-1]["masks"]))
+    assert "--latency-aware" not in capsys.readouterr().out
+
+
+def test_explicit_round_to_wins_over_latency_aware(checkpoint, tmp_path, capsys):
+    ckpt, _, _ = _latency_aware_run(slim_prune_yolov5s_8x, checkpoint, tmp_path, "--latency-aware", "--round-to", "8",
+                                    "--no-include-sppf", "--target-flops", "0.6")
+    assert "(given explicitly: --round-to, --include-sppf)" in capsys.readouterr().out
+    settings = ckpt["history"][-1]["settings"]
+    assert settings["latency_aware"] is True and settings["round_to"] == 8 and settings["cost_aware"] is True
+    assert settings["include_upsample"] is True and settings["include_sppf"] is False
+    masks = ckpt["history"][-1]["masks"]
+    assert any(sum(m) % 16 for m in masks.values() if sum(m) < len(m))  # multiples of 8, not all of 16

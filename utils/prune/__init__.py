@@ -11,7 +11,7 @@ and measured time: the weights of the cost-aware ranking), ``pipeline`` (the one
 from .cost import channel_costs, conv_cost, estimate_cost, latency_weights, layer_flops, profile_layers
 from .errors import OptionError, PruneError, VerificationError
 from .graph import PruneGraph, Segment, analyse, channel_origins, prunable_layers, sparsity_layers
-from .layers import Block, LayerResult, find_blocks, layer_prune, search_shortcuts
+from .layers import Block, LayerResult, find_blocks, layer_prune, max_removable, search_shortcuts
 from .masks import compute_masks, global_threshold, safe_ratio
 from .options import EXTRA_LAYERS, PruneOptions, Target
 from .pipeline import PrunePlan, PruneResult, plan, prune, search_ratio
@@ -26,5 +26,5 @@ __all__ = [
     "STRATEGIES", "Strategy", "get_strategy", "PruneError", "VerificationError", "OptionError",
     "compact_cfg", "compact_state", "model_from_state", "verify",
     "channel_costs", "conv_cost", "latency_weights", "layer_flops", "profile_layers",
-    "Block", "LayerResult", "find_blocks", "layer_prune", "search_shortcuts",
+    "Block", "LayerResult", "find_blocks", "layer_prune", "max_removable", "search_shortcuts",
 ]

@@ -12,7 +12,9 @@ all-or-nothing.
 ``--target-latency R`` / ``--target-ms T`` prune to a latency measured on ``--runtime`` (torch,
 onnxruntime, openvino) with ``--threads`` (see :mod:`utils.prune.latency`); the profile that guides
 the search is cached (``--profile``). ``--sweep`` prints candidate prunes for several targets of one
-kind and writes nothing.
+kind and writes nothing. ``--latency-aware`` stands for the latency options that ran fastest at equal
+FLOPs (``PruneOptions.LATENCY_AWARE``: ``--cost-aware --round-to 16 --include-upsample --include-sppf``);
+a part given explicitly wins (``--round-to 8``, ``--no-include-sppf``).
 """
 from __future__ import annotations
 
@@ -51,8 +53,8 @@ from .report import (gamma_quantiles, layer_rows, layer_table, metric_table, plo
 from .strategy import Strategy, get_strategy
 from .surgery import model_from_state
 
-__all__ = ["build_parser", "run", "output_prefix", "output_paths", "evaluate_map", "build_layer_parser",
-           "run_layers"]
+__all__ = ["build_parser", "resolve_latency_aware", "run", "output_prefix", "output_paths", "evaluate_map",
+           "build_layer_parser", "run_layers"]
 
 # ------------------------------------------------------------------------------------ flags
 def _ratio_type(flag: str) -> Callable[[str], float]:
@@ -107,18 +109,7 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     p.add_argument("--target-params", type=_target, default=None, nargs="?", const=KIND_ONLY,
                    help="instead of a ratio: keep at most this fraction of the parameters")
     _add_latency_flags(p)
-    p.add_argument("--include-upsample", action="store_true",
-                   help="also prune the convs that feed an upsample (exact thanks to absorption)")
-    p.add_argument("--include-sppf", action="store_true", help="also prune the SPPF input conv")
-    p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
-                   help=f"round every kept channel count up to a multiple of N (or the full width) "
-                   f"by adding the largest remaining gammas (default {s.round_to}); CPU and GPU "
-                   f"kernels run channel blocks of 8 or 16, a partly filled block costs a full one")
-    p.add_argument("--cost-aware", action="store_true",
-                   help="rank |gamma| divided by each layer's measured time per FLOP (relative to the "
-                   "model's average, profiled at --img_size on --device over --latency-runs "
-                   "forward passes) instead of |gamma|: at equal gamma, channels of slow layers go "
-                   "first, so latency follows FLOPs")
+    _add_latency_aware_flags(p, s)
     p.add_argument("--device", default="", help="cuda device (0, 0,1) or cpu")
     p.add_argument("--batch-size", "--batch_size", dest="batch_size", type=positive_int, default=16,
                    help="evaluation batch size")
@@ -134,6 +125,55 @@ def build_parser(strategy: "int | str | Strategy") -> argparse.ArgumentParser:
     _add_block_flags(p)
     p.set_defaults(strategy=s.name, **({} if s.uses_layer_keep else {"layer_keep": 0.0}))
     return p
+
+
+def _add_latency_aware_flags(p: argparse.ArgumentParser, s: Strategy) -> None:
+    """--latency-aware and its four parts (each part's --no- form overrides it)."""
+    parts = " ".join(PruneOptions.latency_flags())
+    p.add_argument("--latency-aware", action="store_true",
+                   help=f"prune for CPU latency: the same as {parts} (every part applies to every strategy; "
+                   f"on a sparsity-trained yolov5s at 0.45 of the FLOPs, 1 thread, it ran in 0.58-0.59 of the "
+                   f"original's time against 0.63-0.67 with the defaults); a part given explicitly wins "
+                   f"(--round-to 8, --no-cost-aware, --no-include-sppf). Sparsity-train with train_sparsity.py "
+                   f"--include-upsample --include-sppf so that the extra convs are regularised")
+    p.add_argument("--include-upsample", action=argparse.BooleanOptionalAction, default=None,
+                   help="also prune the convs that feed an upsample (exact thanks to absorption); "
+                   "default off (on with --latency-aware)")
+    p.add_argument("--include-sppf", action=argparse.BooleanOptionalAction, default=None,
+                   help="also prune the SPPF input conv; default off (on with --latency-aware)")
+    p.add_argument("--round-to", type=positive_int, default=None, metavar="N",
+                   help=f"round every kept channel count up to a multiple of N (or the full width) "
+                   f"by adding the largest remaining gammas (default {s.round_to}; "
+                   f"{PruneOptions.LATENCY_AWARE['round_to']} with --latency-aware); CPU and GPU "
+                   f"kernels run channel blocks of 8 or 16, a partly filled block costs a full one")
+    p.add_argument("--cost-aware", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank |gamma| divided by each layer's measured time per FLOP (relative to the "
+                   "model's average, profiled at --img_size on --device over --latency-runs "
+                   "forward passes) instead of |gamma|: at equal gamma, channels of slow layers go "
+                   "first, so latency follows FLOPs; default off (on with --latency-aware)")
+
+
+def resolve_latency_aware(args: argparse.Namespace) -> dict[str, Any]:
+    """Fill in the four parts of ``--latency-aware`` on ``args`` (an explicit flag wins; without
+    it every part is off / the strategy's default, as in the original yolov5_prune); returns the
+    parts that the flag set, for the log."""
+    names = tuple(PruneOptions.LATENCY_AWARE)
+    given = {k: getattr(args, k, None) for k in names}
+    parts = PruneOptions.latency_settings(bool(getattr(args, "latency_aware", False)), **given)
+    for name, value in parts.items():
+        setattr(args, name, value)
+    return {k: v for k, v in parts.items() if given[k] is None and v not in (None, False)}
+
+
+def _apply_latency_aware(args: argparse.Namespace) -> None:
+    """:func:`resolve_latency_aware`, and with --latency-aware a line saying what it turned on."""
+    implied = resolve_latency_aware(args)
+    if args.latency_aware:
+        flags = PruneOptions.LATENCY_FLAGS
+        on = [flags[k] + ("" if v is True else f" {v}") for k, v in implied.items()]
+        explicit = [flags[k] for k in PruneOptions.LATENCY_AWARE if k not in implied]
+        print(f"--latency-aware: {' '.join(on) or 'no part'}"
+              + (f" (given explicitly: {', '.join(explicit)})" if explicit else ""))
 
 
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace, s: Strategy) -> None:
@@ -154,7 +194,7 @@ def _options(args: argparse.Namespace, s: Strategy, weights: dict[int, float] | 
     ratio = args.percent if args.percent is not None else s.default_ratio
     return PruneOptions.make(s, ratio, include_upsample=args.include_upsample, include_sppf=args.include_sppf,
                              layer_keep=args.layer_keep, round_to=args.round_to, weights=weights,
-                             target=target)
+                             target=target, latency_aware=args.latency_aware)
 
 
 # ------------------------------------------------------------------------------------ latency targets
@@ -454,6 +494,7 @@ def run(strategy: "int | str | Strategy", argv: Sequence[str] | None = None) -> 
     parser = build_parser(s)
     args = parser.parse_args(argv)
     _check_args(parser, args, s)
+    _apply_latency_aware(args)
     device = select_device(args.device)
     ckpt, model = _load(args, device)
     args.img_size = check_img_size(args.img_size, int(max(model.cfg.strides or [32])), "--img_size")[0]
@@ -608,6 +649,7 @@ def _history_entry(args: argparse.Namespace, options: PruneOptions, target: dict
                      "inclusive": s.inclusive, "group_rule": s.group_rule,
                      "include_upsample": options.include_upsample, "include_sppf": options.include_sppf,
                      "target": target, "cost_aware": options.cost_aware,
+                     "latency_aware": options.latency_aware,
                      "ranking_weights": (None if p.weights is None
                                          else {str(i): w for i, w in p.weights.items()}),
                      "img_size": args.img_size, "cfg": args.cfg, "data": args.data},

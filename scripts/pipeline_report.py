@@ -209,8 +209,8 @@ def size_checks(stages: dict, split: str) -> list[dict]:
     """Not accuracy comparisons: the final model's size and speed relative to the baseline, and
     the baseline's own accuracy (worth pruning at all)."""
     base, final = stages["baseline"], stages[FINAL]
-    out = [{"stage": "baseline", "control": None, "split": split, "metric": "mAP50", "met": base["mAP50"] >= BASELINE_MAP50,
-            "target": f"at least {BASELINE_MAP50}",
+    out = [{"stage": "baseline", "control": None, "split": split, "metric": "mAP50",
+            "met": base["mAP50"] >= BASELINE_MAP50, "target": f"at least {BASELINE_MAP50}",
             "text": f"baseline mAP@.5 {base['mAP50']:.4f} on the {split} split; target: at least {BASELINE_MAP50}"}]
     for key, word in (("params", "parameters"), ("flops", "FLOPs")):
         r = final[key] / base[key]

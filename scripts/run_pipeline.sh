@@ -122,7 +122,8 @@ step finetune_distill $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$PRUNED" 
 FINAL=$OUT/finetune/weights/best.pt  # plain finetuning: distillation did not beat it on the built-in data
 
 # the split the report (and INT8) measure accuracy on: held-out test when DATA has one
-SPLIT=$($PY -c "from utils.dataconfig import load_data_config as l; print('test' if l('$DATA').test else 'val')" | tail -n 1)
+SPLIT=$($PY -c "from utils.dataconfig import load_data_config as l; print('test' if l('$DATA').test else 'val')" \
+  | tail -n 1)
 
 # 5. detection with the final model
 SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)

@@ -36,6 +36,7 @@ def test_quick_pipeline_runs_every_step_and_reports(tmp_path):
                 assert field in report["stages"][stage], (stage, field)
         assert report["quick"] is True and report["targets"] is None
         _check_controls(report, run)
+        _check_control_commands(r.stdout)
         assert any((run / "detect").glob("*.jpg"))
     finally:
         import shutil
@@ -63,6 +64,45 @@ def _check_controls(report: dict, run) -> None:
     md = (run / "report.md").read_text()
     assert "mAP@.5:.95 (test)" in md and "## Comparisons (test split" in md
     assert "scratch_small" in md and "control_final" in md
+
+
+def _command(stdout: str, step: str) -> list[str]:
+    line = next(x for x in stdout.splitlines() if x.startswith(f"==> [{step}] "))
+    return line.split()[2:]
+
+
+def _without(args: list[str], *flags: str, valued: tuple[str, ...] = ()) -> list[str]:
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in valued:
+            skip = True
+        elif a not in flags:
+            out.append(a)
+    return out
+
+
+def _check_control_commands(stdout: str) -> None:
+    """A control runs its model's exact command but for the step under test (and its name)."""
+    sparse, control = _command(stdout, "sparsity"), _command(stdout, "control_sparse")
+    assert "-sr" in sparse and "-sr" not in control
+    assert _without(sparse, "-sr", valued=("--name",)) == _without(control, valued=("--name",))
+    ft, cf = _command(stdout, "finetune"), _command(stdout, "control_final")
+    assert _without(ft, valued=("--name", "--weights")) == _without(cf, valued=("--name", "--weights"))
+    assert cf[cf.index("--weights") + 1].endswith("control_sparse/weights/last.pt")
+    scratch = _command(stdout, "scratch_small")
+    assert scratch[scratch.index("--epochs") + 1] == "4"  # EPOCHS + SP_EPOCHS + FT_EPOCHS of the quick run
+    assert scratch[scratch.index("--cfg") + 1].endswith("scratch_small.yaml")
+
+
+def test_pipeline_rejects_an_unknown_controls_value():
+    env = dict(os.environ, QUICK="1", NAME=f"pytest_controls_{os.getpid()}", PYTHON=sys.executable, CONTROLS="yes")
+    r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    import shutil
+    shutil.rmtree(ROOT / "runs" / "pipeline" / env["NAME"], ignore_errors=True)
+    assert r.returncode == 2 and "CONTROLS=yes" in r.stderr and "==> [train]" not in r.stdout
 
 
 def test_pipeline_stops_at_the_failing_step(tmp_path):

@@ -186,6 +186,12 @@ def epochs_words(a: dict, b: dict) -> str:
     return f"NOT matched: {ea} vs {eb} epochs"
 
 
+def flops_words(a: dict, b: dict) -> str:
+    """The FLOPs of a stage relative to its control, when they differ."""
+    r = a["flops"] / b["flops"]
+    return "" if abs(r - 1) < 1e-9 else f"; FLOPs {r:.3f}x the control's"
+
+
 def compare(stages: dict, stage: str, control: str, stage_label: str, control_label: str, tolerance: float,
             strict: bool, split: str) -> dict | None:
     """One accuracy comparison of ``stage`` with ``control`` on ``split`` (None when either row is
@@ -198,10 +204,11 @@ def compare(stages: dict, stage: str, control: str, stage_label: str, control_la
     met = shown > -tolerance if strict else shown >= -tolerance
     target = target_words(control, tolerance, strict)
     text = (f"{stage_label} vs {control_label}, {epochs_words(a, b)}, {split} split: {METRIC_NAME} "
-            f"{signed(diff)} ({change_words(shown)}; mAP@.5 {signed(a['mAP50'] - b['mAP50'])}); "
-            f"target: {target}")
+            f"{signed(diff)} ({change_words(shown)}; mAP@.5 {signed(a['mAP50'] - b['mAP50'])}"
+            f"{flops_words(a, b)}); target: {target}")
     return {"stage": stage, "control": control, "split": split, "metric": METRIC, "diff": diff,
-            "diff_mAP50": a["mAP50"] - b["mAP50"], "epochs": [a.get("epochs"), b.get("epochs")],
+            "diff_mAP50": a["mAP50"] - b["mAP50"], "flops_ratio": a["flops"] / b["flops"],
+            "epochs": [a.get("epochs"), b.get("epochs")],
             "matched": a.get("epochs") == b.get("epochs"), "target": target, "met": bool(met), "text": text}
 
 

@@ -49,6 +49,8 @@ def test_final_must_match_scratch_small_and_distillation_must_beat_plain_finetun
     scratch = checks[("finetuned", "scratch_small")]
     assert scratch["diff"] == pytest.approx(-0.01) and scratch["met"] is False  # a small loss is still a loss
     assert "a loss of 0.0100" in scratch["text"] and "same FLOPs" in scratch["text"]
+    assert "FLOPs" not in scratch["text"].split("same FLOPs")[1] and scratch["flops_ratio"] == 1
+    assert "FLOPs 0.450x the control's" in checks[("finetuned", "control_final")]["text"]
     tie = _by_pair(pr.comparisons(_stages(scratch_small=0.58), "test"))[("finetuned", "scratch_small")]
     assert tie["met"] is True and "no difference" in tie["text"]
     distill = checks[("finetuned+distill", "finetuned")]

@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the run folder to create, runs/pipeline/<NAME> (default: $NAME, else default/quick)")
     p.add_argument("--existing", default=None, metavar="RUN", help="only collect this finished run")
     p.add_argument("--epochs", type=int, default=None, help="baseline epochs (EPOCHS)")
-    p.add_argument("--quick", action="store_true", help="QUICK=1: the same chain in about a minute")
+    p.add_argument("--quick", action="store_true", help="QUICK=1: the same chain and controls at toy size (a few minutes)")
     p.add_argument("--json", default=None, help="where to write (default benchmarks/results/pipeline.json)")
     opt = p.parse_args(argv)
     if opt.existing and (opt.run or opt.epochs or opt.quick):

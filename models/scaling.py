@@ -2,8 +2,9 @@
 
 ``width_yaml(cfg, w)`` is the yaml text of ``cfg`` with ``width_multiple`` set to ``w``;
 ``width_for_flops(flops_of, target)`` bisects the width whose FLOPs are closest to a target;
-``matched_width(cfg, target_flops, img, nc)`` combines both with the project's FLOPs counter, so
-a model trained from scratch can be given the FLOPs of a pruned one.
+``matched_width(cfg, target_flops, count, nc)`` combines both with a FLOPs counter (``count(model)``,
+e.g. ``lambda m: utils.torch_utils.count_flops(m, img)``), so a model trained from scratch can be
+given the FLOPs of a pruned one.
 """
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ from typing import Callable
 
 import yaml
 
-from utils.torch_utils import count_flops
+import torch.nn as nn
 
 from .build import build_model
 from .cfg import CfgError
 from .translate import yaml_to_cfg
 
-__all__ = ["flops_at_width", "matched_width", "read_model_yaml", "width_for_flops", "width_yaml"]
+__all__ = ["matched_width", "model_at_width", "read_model_yaml", "width_for_flops", "width_yaml"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
@@ -56,24 +57,25 @@ def width_for_flops(flops_of: Callable[[float], float], target: float, lo: float
     return min(seen, key=lambda w: (abs(seen[w] - target), w))
 
 
-def flops_at_width(cfg: str | Path, width: float, img: int, nc: int | None = None) -> int:
-    """FLOPs of one forward at ``img`` x ``img`` of ``cfg`` built with width_multiple ``width``."""
+def model_at_width(cfg: str | Path, width: float, nc: int | None = None) -> nn.Module:
+    """``cfg`` built with width_multiple ``width`` (freshly initialised, eval mode)."""
     doc = read_model_yaml(cfg)
     doc["width_multiple"] = float(width)
-    return count_flops(build_model(yaml_to_cfg(doc, nc=nc)).eval(), img)
+    return build_model(yaml_to_cfg(doc, nc=nc)).eval()
 
 
-def matched_width(cfg: str | Path, target_flops: float, img: int, nc: int | None = None,
-                  hi: float | None = None) -> tuple[float, int]:
-    """(width multiple, its FLOPs) of the width-scaled ``cfg`` closest to ``target_flops`` at
-    ``img``; searched between 0.05 and ``hi`` (default: twice the yaml's own width)."""
+def matched_width(cfg: str | Path, target_flops: float, count: Callable[[nn.Module], float],
+                  nc: int | None = None, hi: float | None = None) -> tuple[float, float]:
+    """(width multiple, its FLOPs) of the width-scaled ``cfg`` whose FLOPs (``count(model)``) are
+    closest to ``target_flops``; searched between 0.05 and ``hi`` (default: twice the yaml's own
+    width)."""
     hi = 2 * float(read_model_yaml(cfg)["width_multiple"]) if hi is None else hi
-    cache: dict[float, int] = {}
+    cache: dict[float, float] = {}
 
     def flops_of(w: float) -> float:  # at the width width_yaml writes (4 decimals)
         w = round(w, 4)
         if w not in cache:
-            cache[w] = flops_at_width(cfg, w, img, nc)
+            cache[w] = count(model_at_width(cfg, w, nc))
         return cache[w]
 
     width = round(width_for_flops(flops_of, target_flops, lo=0.05, hi=hi), 4)

@@ -2,7 +2,7 @@
 # The five steps of yolov5-prune chained end to end, their matched controls, then a report.
 #
 #   bash scripts/run_pipeline.sh                 # built-in dataset, default settings
-#   QUICK=1 bash scripts/run_pipeline.sh         # same chain in about two minutes (smoke test)
+#   QUICK=1 bash scripts/run_pipeline.sh         # same chain and controls in a few minutes (smoke test)
 #   DATA=data/coco_hand.yaml CFG=models/yolov5s.yaml IMG=640 EPOCHS=50 bash scripts/run_pipeline.sh
 #
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.

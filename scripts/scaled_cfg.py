@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     model = load_model(opt.match, device="cpu", verbose=False)
     target = count_flops(model, opt.img)
-    width, flops = matched_width(opt.cfg, target, opt.img, nc=int(model.nc))
+    width, flops = matched_width(opt.cfg, target, lambda m: count_flops(m, opt.img), nc=int(model.nc))
     note = f"FLOPs of {Path(opt.match).name} at {opt.img} px"
     atomic_write_text(opt.out, width_yaml(opt.cfg, width, note))
     print(f"{opt.out}: {Path(opt.cfg).name} at width_multiple {width:g}: {flops / 1e9:.4f} GFLOPs at "

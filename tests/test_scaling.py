@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from models import CfgError, build_model, save_checkpoint
-from models.scaling import flops_at_width, matched_width, width_for_flops, width_yaml
+from models.scaling import matched_width, model_at_width, width_for_flops, width_yaml
 from tests.conftest import ROOT
 from utils.torch_utils import count_flops
 
@@ -36,16 +36,20 @@ def test_width_scaling_needs_an_upstream_yaml(tmp_path):
     bad = tmp_path / "m.yaml"
     bad.write_text("nc: 2\n")
     with pytest.raises(CfgError, match="no width_multiple"):
-        matched_width(bad, 1e6, 64)
+        matched_width(bad, 1e6, lambda m: count_flops(m, 64))
 
 
 def test_matched_width_finds_the_width_of_a_known_model():
-    img, nc = 64, 3
-    target = flops_at_width(YOLOV5N, 0.125, img, nc)
-    assert flops_at_width(YOLOV5N, 0.0625, img, nc) < target < flops_at_width(YOLOV5N, 0.25, img, nc)
-    width, flops = matched_width(YOLOV5N, target, img, nc)
-    assert flops == target == flops_at_width(YOLOV5N, width, img, nc)  # found exactly (channels step by 8)
+    nc = 3
+
+    def flops(w):
+        return count_flops(model_at_width(YOLOV5N, w, nc), 64)
+    target = flops(0.125)
+    assert flops(0.0625) < target < flops(0.25)
+    width, found = matched_width(YOLOV5N, target, lambda m: count_flops(m, 64), nc)
+    assert found == target == flops(width)  # found exactly (channels step by 8)
     assert width <= 0.125  # the narrowest width with those FLOPs
+    assert model_at_width(YOLOV5N, width, nc).nc == nc
 
 
 def test_scaled_cfg_cli_matches_a_checkpoint(tmp_path):

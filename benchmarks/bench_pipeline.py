@@ -8,11 +8,13 @@ and keep its report as ``benchmarks/results/pipeline.json``.
 
 The pipeline's settings are its environment variables (DATA CFG IMG BATCH EPOCHS SP_EPOCHS
 FT_EPOCHS SCALE STRATEGY TARGET_FLOPS ...; see the script's header): they are passed through, and
-``--epochs``/``--quick`` set EPOCHS/QUICK. Every step runs with one torch thread
-(``OMP_NUM_THREADS=1`` unless set). The saved file is the run's ``report.json`` (every stage's
-mAP, size, FLOPs and latency with ratios to the baseline, step times, targets) plus the settings
-each stage recorded, the wall time, the machine and the date. A run whose report says it was a
-quick run is never written into ``benchmarks/results`` (``runs/bench/quick/results`` instead).
+``--epochs``/``--quick`` set EPOCHS/QUICK (CONTROLS=0 skips the matched controls). Every step runs
+with one torch thread (``OMP_NUM_THREADS=1`` unless set). The saved file is the run's
+``report.json`` (every stage's and every control's training epochs, mAP on the split named in
+``split``, size, FLOPs and latency with ratios to the baseline; each comparison with its matched
+control as a signed difference and a verdict; step times) plus the settings each stage recorded,
+the wall time, the machine and the date. A run whose report says it was a quick run is never
+written into ``benchmarks/results`` (``runs/bench/quick/results`` instead).
 """
 from __future__ import annotations
 
@@ -30,10 +32,10 @@ import accuracy_common as ac  # noqa: E402
 
 ENV_VARS = ["DATA", "CFG", "WEIGHTS", "IMG", "BATCH", "NBS", "OPTIMIZER", "EPOCHS", "SP_EPOCHS", "FT_EPOCHS",
             "SCALE", "STRATEGY", "PERCENT", "LAYER_KEEP", "TARGET_FLOPS", "NAME", "DEVICE", "WORKERS",
-            "NTRAIN", "QUICK", "PYTHON"]
+            "NTRAIN", "QUICK", "CONTROLS", "PYTHON"]
 STAGE_KEYS = ["epochs", "img", "batch_size", "nbs", "optimizer", "seed", "max_train_images", "weights",
               "sr", "scale", "prune", "distill", "t_weights"]
-STAGES = ["base", "sparse", "finetune", "finetune_distill"]
+STAGES = ["base", "sparse", "finetune", "finetune_distill", "control_sparse", "control_final", "scratch_small"]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -43,7 +45,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="the run folder to create, runs/pipeline/<NAME> (default: $NAME, else default/quick)")
     p.add_argument("--existing", default=None, metavar="RUN", help="only collect this finished run")
     p.add_argument("--epochs", type=int, default=None, help="baseline epochs (EPOCHS)")
-    p.add_argument("--quick", action="store_true", help="QUICK=1: the same chain in about a minute")
+    p.add_argument("--quick", action="store_true", help="QUICK=1: the same chain and controls at toy size (a few minutes)")
     p.add_argument("--json", default=None, help="where to write (default benchmarks/results/pipeline.json)")
     opt = p.parse_args(argv)
     if opt.existing and (opt.run or opt.epochs or opt.quick):
@@ -103,15 +105,40 @@ def stage_settings(run: Path) -> dict:
 
 
 def format_table(report: dict) -> str:
-    header = ["stage", "mAP@.5", "mAP@.5:.95", "params", "GFLOPs", "CPU ms", "params ratio", "FLOPs ratio",
-              "CPU latency ratio"]
+    """The stages as a markdown table; the mAP columns name the split they were measured on (reports
+    written before the split was recorded measured on val)."""
+    split = report.get("split", "val")
+    header = ["stage", "epochs", f"mAP@.5 ({split})", f"mAP@.5:.95 ({split})", "params", "GFLOPs", "CPU ms",
+              "params ratio", "FLOPs ratio", "CPU latency ratio"]
     rows = []
     for name, s in report["stages"].items():
         r = s.get("ratio") or {}
-        rows.append([name, f"{s['mAP50']:.4f}", f"{s['mAP50-95']:.4f}", f"{s['params'] / 1e6:.3f} M",
-                     f"{s['flops'] / 1e9:.3f}", f"{s['cpu_ms']:.1f}", f"{r.get('params', 1):.3f}",
-                     f"{r.get('flops', 1):.3f}", f"{r.get('cpu_ms', 1):.3f}"])
+        rows.append([name, s.get("epochs", "-"), f"{s['mAP50']:.4f}", f"{s['mAP50-95']:.4f}",
+                     f"{s['params'] / 1e6:.3f} M", f"{s['flops'] / 1e9:.3f}", f"{s['cpu_ms']:.1f}",
+                     f"{r.get('params', 1):.3f}", f"{r.get('flops', 1):.3f}", f"{r.get('cpu_ms', 1):.3f}"])
     return ac.md_table(header, rows)
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """``met|MISSED|reported  text`` per comparison of the report, then those it could not make."""
+    lines = []
+    for c in report.get("comparisons") or []:
+        word = "reported" if c.get("met") is None else ("met" if c["met"] else "MISSED")
+        lines.append(f"{word:8s}  {c['text']}")
+    return lines + [f"{'-':8s}  {m}" for m in report.get("not_compared") or []]
+
+
+def print_comparisons(report: dict, quick: bool) -> None:
+    """Each comparison with its matched control (older reports: their targets)."""
+    lines = comparison_lines(report)
+    if not lines:
+        if report.get("targets"):
+            ac.print_targets(report["targets"], quick)
+        return
+    note = "  (smoke run: far too short for the verdicts to mean anything)" if quick else ""
+    print(f"Comparisons on the {report.get('split', 'val')} split, each with its matched control:{note}")
+    for line in lines:
+        print(f"  {line}")
 
 
 def collect(run: Path, wall: float | None, started: float | None) -> dict:
@@ -150,10 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if quick and not opt.quick:
         print(f"{run} is a quick (smoke) run: its report is not a measured result")
     print(f"\nPipeline {run.name}: {report.get('machine')}, image size {report.get('img')}, "
-          f"data {report.get('data')}; total {report['wall_s'] or 0:.0f}s\n")
+          f"data {report.get('data')}, mAP on the {report.get('split', 'val')} split; "
+          f"total {report['wall_s'] or 0:.0f}s\n")
     print(report["table_markdown"])
-    if report.get("targets"):
-        ac.print_targets(report["targets"], quick)
+    print_comparisons(report, quick)
     ac.write_report(ac.results_path("pipeline", quick, opt.json), report)
     return 0
 

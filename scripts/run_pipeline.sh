@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The five steps of yolov5-prune chained end to end, then a report.
+# The five steps of yolov5-prune chained end to end, their matched controls, then a report.
 #
 #   bash scripts/run_pipeline.sh                 # built-in dataset, default settings
-#   QUICK=1 bash scripts/run_pipeline.sh         # same chain in about two minutes (smoke test)
+#   QUICK=1 bash scripts/run_pipeline.sh         # same chain and controls in a few minutes (smoke test)
 #   DATA=data/coco_hand.yaml CFG=models/yolov5s.yaml IMG=640 EPOCHS=50 bash scripts/run_pipeline.sh
 #
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
@@ -13,6 +13,13 @@
 # keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
+# CONTROLS (default 1; 0 skips them) trains the matched controls the report compares with, each with
+# the same data, image size and total epochs as the model it is compared with:
+#   control_sparse  the sparsity step's exact command without -sr (the control of the sparse model);
+#   control_final   control_sparse finetuned like the pruned model, unpruned (EPOCHS+SP_EPOCHS+FT_EPOCHS);
+#   scratch_small   CFG width-scaled to the pruned model's FLOPs at IMG (scripts/scaled_cfg.py), trained
+#                   from scratch with HYP for EPOCHS+SP_EPOCHS+FT_EPOCHS (needs an upstream .yaml CFG).
+# The report measures every accuracy on the dataset's held-out test split (val when it has none).
 #
 # The defaults are chosen for a 2-core CPU: yolov5n at 160 px, AdamW (it converges from scratch
 # several times faster than SGD on this data), gradient accumulation to 16 images (--nbs 16: more
@@ -40,8 +47,13 @@ OPTIMIZER=${OPTIMIZER:-AdamW}
 PERCENT=${PERCENT:-0.5}
 TARGET_FLOPS=${TARGET_FLOPS-0.45}
 LAYERS=${LAYERS:-0}
+CONTROLS=${CONTROLS:-1}
 case "$LAYERS" in
   ''|*[!0-9]*) echo "LAYERS=$LAYERS: give the number of residual blocks to remove (0: none)" >&2; exit 2 ;;
+esac
+case "$CONTROLS" in
+  0|1) ;;
+  *) echo "CONTROLS=$CONTROLS: use 1 (train the matched controls) or 0 (skip them)" >&2; exit 2 ;;
 esac
 if [ "$QUICK" = 1 ]; then
   IMG=${IMG:-128}; EPOCHS=${EPOCHS:-2}; SP_EPOCHS=${SP_EPOCHS:-1}; FT_EPOCHS=${FT_EPOCHS:-1}
@@ -84,8 +96,9 @@ BASE=$OUT/base/weights/best.pt
 
 # 2. sparsity training (all prunable layers unless strategy 1)
 PRUNE_SET=1; [ "$STRATEGY" = 1 ] && PRUNE_SET=0
-step sparsity $PY train_sparsity.py "${COMMON[@]}" --epochs "$SP_EPOCHS" --hyp "$FT_HYP" --weights "$BASE" \
-  --name sparse -sr --scale "$SCALE" --prune "$PRUNE_SET"
+SPARSE_ARGS=("${COMMON[@]}" --epochs "$SP_EPOCHS" --hyp "$FT_HYP" --weights "$BASE" --scale "$SCALE"
+             --prune "$PRUNE_SET")
+step sparsity $PY train_sparsity.py "${SPARSE_ARGS[@]}" --name sparse -sr
 SPARSE=$OUT/sparse/weights/last.pt
 
 # 3. channel pruning
@@ -102,12 +115,15 @@ step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG
 PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 
 # 4. finetune: plain, and distilled from the baseline (the strongest unpruned model of the run)
-step finetune $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
-  --weights "$PRUNED" --name finetune
-step finetune_distill $PY prune_finetune.py "${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP" \
-  --weights "$PRUNED" \
+FT_ARGS=("${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP")
+step finetune $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$PRUNED" --name finetune
+step finetune_distill $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$PRUNED" \
   --name finetune_distill --distill --t_weights "$BASE"
 FINAL=$OUT/finetune/weights/best.pt  # plain finetuning: distillation did not beat it on the built-in data
+
+# the split the report (and INT8) measure accuracy on: held-out test when DATA has one
+SPLIT=$($PY -c "from utils.dataconfig import load_data_config as l; print('test' if l('$DATA').test else 'val')" \
+  | tail -n 1)
 
 # 5. detection with the final model
 SOURCE=$($PY -c "from utils.dataconfig import load_data_config as l; v=l('$DATA').val[0]; print(v if v.is_dir() else v.parent)" | tail -n 1)
@@ -118,13 +134,33 @@ step detect $PY prune_detect.py --weights "$FINAL" --img "$IMG" --conf 0.5 --sou
 INT8_ARGS=()
 if [ "${INT8:-0}" = 1 ]; then
   CALIB=${CALIB:-$([ "$QUICK" = 1 ] && echo 16 || echo 300)}
-  step int8 $PY quantize.py --weights "$FINAL" --data "$DATA" --img "$IMG" --calib "$CALIB" --task val \
+  step int8 $PY quantize.py --weights "$FINAL" --data "$DATA" --img "$IMG" --calib "$CALIB" --task "$SPLIT" \
     --runtime onnxruntime --json "$OUT/int8.json"
   INT8_ARGS=(--int8 "$OUT/int8.json")
+fi
+
+# 7. matched controls (CONTROLS=1): same data, image size and total epochs, without the step under test
+CONTROL_ARGS=()
+if [ "$CONTROLS" = 1 ]; then
+  step control_sparse $PY train_sparsity.py "${SPARSE_ARGS[@]}" --name control_sparse
+  CONTROL_SPARSE=$OUT/control_sparse/weights/last.pt
+  step control_final $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$CONTROL_SPARSE" --name control_final
+  CONTROL_ARGS=(--control-sparse "$CONTROL_SPARSE" --control-final "$OUT/control_final/weights/best.pt")
+  case "$CFG" in
+    *.yaml|*.yml)
+      [ -n "$WEIGHTS" ] && echo "NOTE: the baseline started from WEIGHTS=$WEIGHTS; scratch_small starts from scratch"
+      step scratch_cfg $PY scripts/scaled_cfg.py --cfg "$CFG" --match "$PRUNED" --img "$IMG" \
+        --out "$OUT/scratch_small.yaml"
+      step scratch_small $PY train.py "${COMMON[@]}" --epochs "$(( EPOCHS + SP_EPOCHS + FT_EPOCHS ))" \
+        --hyp "$HYP" --cfg "$OUT/scratch_small.yaml" --weights '' --name scratch_small
+      CONTROL_ARGS+=(--scratch-small "$OUT/scratch_small/weights/best.pt") ;;
+    *) echo "scratch_small skipped: CFG=$CFG is not an upstream model .yaml (width scaling needs width_multiple)" ;;
+  esac
 fi
 
 # report
 echo "total $(( $(date +%s) - T_START ))" >> "$OUT/timings.txt"
 step report $PY scripts/pipeline_report.py --run "$OUT" --data "$DATA" --img "$IMG" \
   --base "$BASE" --sparse "$SPARSE" --pruned "$PRUNED" --finetune "$OUT/finetune/weights/best.pt" \
-  --distill "$OUT/finetune_distill/weights/best.pt" --quick "$QUICK" "${INT8_ARGS[@]}"
+  --distill "$OUT/finetune_distill/weights/best.pt" "${CONTROL_ARGS[@]}" --split "$SPLIT" --quick "$QUICK" \
+  "${INT8_ARGS[@]}"

@@ -8,7 +8,8 @@
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
 # FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
-# PYTHON QUICK HYP (step 1) FT_HYP (steps 2 and 4) INT8 (1: quantize the final model to INT8 with
+# PYTHON QUICK HYP (step 1) FT_HYP (step 4) SP_HYP SP_OPTIMIZER (step 2 and its control; default
+# FT_HYP, OPTIMIZER) LATENCY_AWARE (default 1: prune with --latency-aware; 0: the original ranking) INT8 (1: quantize the final model to INT8 with
 # quantize.py and add its row to the report; CALIB calibration images, default 300). TARGET_FLOPS (the fraction of the FLOPs to
 # keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
@@ -44,6 +45,13 @@ FT_HYP=${FT_HYP:-data/hyps/hyp.finetune.yaml}
 BATCH=${BATCH:-16}
 NBS=${NBS:-16}
 OPTIMIZER=${OPTIMIZER:-AdamW}
+SP_OPTIMIZER=${SP_OPTIMIZER:-$OPTIMIZER}
+SP_HYP=${SP_HYP:-$FT_HYP}
+LATENCY_AWARE=${LATENCY_AWARE:-1}
+case "$LATENCY_AWARE" in
+  0|1) ;;
+  *) echo "LATENCY_AWARE=$LATENCY_AWARE: use 1 (prune with --latency-aware) or 0 (the original ranking)" >&2; exit 2 ;;
+esac
 PERCENT=${PERCENT:-0.5}
 TARGET_FLOPS=${TARGET_FLOPS-0.45}
 LAYERS=${LAYERS:-0}
@@ -96,8 +104,10 @@ BASE=$OUT/base/weights/best.pt
 
 # 2. sparsity training (all prunable layers unless strategy 1)
 PRUNE_SET=1; [ "$STRATEGY" = 1 ] && PRUNE_SET=0
-SPARSE_ARGS=("${COMMON[@]}" --epochs "$SP_EPOCHS" --hyp "$FT_HYP" --weights "$BASE" --scale "$SCALE"
-             --prune "$PRUNE_SET")
+SPARSE_ARGS=("${COMMON[@]}" --optimizer "$SP_OPTIMIZER" --epochs "$SP_EPOCHS" --hyp "$SP_HYP" --weights "$BASE"
+             --scale "$SCALE" --prune "$PRUNE_SET")
+# --latency-aware also prunes the convs before upsampling and the SPPF input: regularise them too
+[ "$LATENCY_AWARE" = 1 ] && SPARSE_ARGS+=(--include-upsample --include-sppf)
 step sparsity $PY train_sparsity.py "${SPARSE_ARGS[@]}" --name sparse -sr
 SPARSE=$OUT/sparse/weights/last.pt
 
@@ -111,6 +121,7 @@ case "$STRATEGY" in
 esac
 if [ -n "$TARGET_FLOPS" ]; then PRUNE+=(--target-flops "$TARGET_FLOPS"); else PRUNE+=("$FLAG" "$PERCENT"); fi
 [ "$LAYERS" -gt 0 ] && PRUNE+=(--layers "$LAYERS")
+[ "$LATENCY_AWARE" = 1 ] && PRUNE+=(--latency-aware)
 step prune $PY "${PRUNE[@]}" --data "$DATA" --weights "$SPARSE" --img_size "$IMG" --out-dir "$OUT/pruned"
 PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 

@@ -202,8 +202,9 @@ OPTIONS = [
     ("3 --round-to 16 --include-upsample --include-sppf", "3", 16, True, False),
     ("3 --cost-aware", "3", None, False, True),
     ("3 --cost-aware --round-to 16 --include-upsample --include-sppf", "3", 16, True, True),
+    ("8x --latency-aware", "8x", 16, True, True),  # the parts of PruneOptions.LATENCY_AWARE
 ]
-RECOMMENDED = OPTIONS[-1][0]
+RECOMMENDED = OPTIONS[-1][0]  # the pipeline's default prune
 
 
 def target_variants(model, graph, target: float, img_size: int, weights: dict, tp, tp_cache: dict) -> list[dict]:

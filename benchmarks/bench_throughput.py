@@ -1,6 +1,6 @@
 """Training and evaluation images/second on the CPU, next to upstream YOLOv5 v7.0, measured side by side.
 
-    python benchmarks/bench_throughput.py                      # 3 interleaved rounds, about 11 minutes
+    python benchmarks/bench_throughput.py                      # 5 interleaved rounds, about 18 minutes
     python benchmarks/bench_throughput.py --rounds 2 --tasks train --json runs/bench/throughput.json
     python benchmarks/bench_throughput.py --no-upstream        # our figures only
 
@@ -23,7 +23,8 @@ interleaved (ours, upstream, ours, upstream, ...) because the machine is shared:
   images of batches ``--skip`` .. end of each epoch divided by the time from handing over batch
   ``--skip`` to the end of the epoch's loop: forward, loss, backward, optimizer/EMA steps and any wait
   for data, in steady state (no start-up, autoanchor, validation or checkpointing). A side's figure
-  is the median over rounds of its images/s over all measured epochs of a round. The CPU time of the
+  is the median over rounds of its images/s over all measured epochs of a round; the ratio ours /
+  upstream is the median of the per-round paired ratios (``train_round_ratios``). The CPU time of the
   training thread over the same span is recorded too: with one intra-op thread it holds all model
   work, and its ratio checks that another process competing for the two cores did not make the
   wall-clock ratio.
@@ -353,8 +354,15 @@ def _load() -> float | None:
 
 
 
+def paired_rounds(ours: list[dict], upstream: list[dict]) -> list[tuple[dict, dict]]:
+    """The rounds both sides finished, paired in the order they ran (ours then upstream each round):
+    a load change on the shared machine hits both members of a pair alike."""
+    return [(a, b) for a, b in zip(ours, upstream) if "error" not in a and "error" not in b]
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
-    """Medians per side and task (wall-clock and CPU-time images/s) and the ratios ours / upstream."""
+    """Medians per side and task (wall-clock and CPU-time images/s) and the ratios ours / upstream:
+    the median over rounds of the per-round paired ratio."""
     s: dict[str, Any] = {}
     for key, rs in runs.items():
         ok = [r for r in rs if "error" not in r]
@@ -368,9 +376,11 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                 s[key]["nms_time_limit_hits"] = [r.get("nms_time_limit_hits", 0) for r in ok]
     for task, target in (("train", TRAIN_TARGET), ("val", VAL_TARGET)):
         ours, up = s.get(f"ours-{task}", {}), s.get(f"upstream-{task}", {})
-        for metric, suffix in (("median_images_per_s", ""), ("median_images_per_cpu_s", "_cpu")):
-            a, b = ours.get(metric), up.get(metric)
-            s[f"{task}_ratio{suffix}"] = a / b if a and b else None
+        pairs = paired_rounds(runs.get(f"ours-{task}", []), runs.get(f"upstream-{task}", []))
+        for metric, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_cpu")):
+            ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
+            s[f"{task}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
+            s[f"{task}_ratio{suffix}"] = _median(ratios)
         ratio = s[f"{task}_ratio"]
         s[f"{task}_target"] = target
         s[f"{task}_pass"] = None if ratio is None else ratio >= target
@@ -415,7 +425,7 @@ def format_table(s: dict, opt: argparse.Namespace) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ours, upstream) per task")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (ours, upstream) per task")
     p.add_argument("--tasks", nargs="+", choices=["train", "val"], default=["train", "val"])
     p.add_argument("--img", type=int, default=320)
     p.add_argument("--batch", type=int, default=16)

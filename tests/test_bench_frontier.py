@@ -292,6 +292,7 @@ def test_table_plot_and_readme_section(tmp_path):
     body = urr.render_section(found)
     assert "### Accuracy against latency" in body and "ours 8x default, plain" in body and "0.510 ± 0.014" in body
     assert "9 epochs in all" in body and "Test CPU" in body
+    assert "ratios to yolov5n trained from scratch" in body and "`models/yolov5n.yaml`" in body
     assert png is None or f"]({png})" in body
     (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
     assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README
@@ -449,3 +450,67 @@ def test_layer_rows_take_their_measured_flops_as_point_and_render_distinctly(tmp
     assert "| ours layers (3 residual blocks), plain | 0.904 |" in table and "ours layers+8x latency, plain" in table
     body = "\n".join(urr.render_frontier({"rows": rows, "settings": {}}))
     assert "ours layers (3 residual blocks), plain" in body and "ours layers+8x latency, plain" in body
+
+
+# ------------------------------------------------------------------------------------ following the pipeline
+def _flag(st: fs.Stage, flag: str) -> str:
+    return st.cmd[st.cmd.index(flag) + 1]
+
+
+def test_sparsity_stages_use_the_pipelines_sparsity_recipe(tmp_path):
+    by = {st.name: st for st in _plan(tmp_path, optimizer="AdamW", sp_optimizer="SGD", sp_hyp="sp.yaml",
+                                      hyp="scratch.yaml", ft_hyp="ft.yaml")}
+    for name in ("sparse_default", "sparse_latency", "tp_sparse"):  # ours and Torch-Pruning's regulariser
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("SGD", "sp.yaml"), name
+    for name in ("base", "scratch_src_s0", "scratch_w0.3_s0"):
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("AdamW", "scratch.yaml"), name
+    for name in ("ft_8x_latency_f0.3_plain_s0", "ft_layers_n3_plain_s0", "tp_ft_f0.3_plain_s0"):
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("AdamW", "ft.yaml"), name
+
+
+def test_rows_follow_the_source_model_and_the_reference_cfgs(tmp_path):
+    s = _settings(cfg="models/yolov5s.yaml", reference_cfgs=("models/yolov5m.yaml", "models/yolov5n.yaml"))
+    widths = {0.7: str(tmp_path / "yolov5s_w0.4.yaml"), 0.3: str(tmp_path / "yolov5s_w0.19.yaml")}
+    stages = fs.build_plan(s, tmp_path, widths, {"yolov5m": 2.5, "yolov5n": 0.4, "w0.3": 0.3})
+    by = {st.name: st for st in stages}
+    assert by["base"].row["label"] == "yolov5s, pretraining only (4 epochs)"
+    assert _flag(by["base"], "--cfg") == "models/yolov5s.yaml" and by["scratch_src_s0"].row["label"] == "yolov5s"
+    for stem, cost in (("yolov5m", 2.5), ("yolov5n", 0.4)):
+        st = by[f"scratch_{stem}_s0"]
+        assert _flag(st, "--cfg") == f"models/{stem}.yaml" and st.row["label"] == stem and st.cost == cost
+        assert not st.row["reference"] and st.row["point"] is None and st.epochs == BUDGET.total
+        assert f"eval_scratch_{stem}_s0" in by
+    assert by["scratch_w0.3_s0"].row["label"] == "yolov5s width 0.19" and by["scratch_w0.3_s0"].cost == 0.3
+    assert by["scratch_w0.7_s0"].cost == 1.0  # no cost given: a source-model epoch
+    assert [st.name for st in stages if st.row.get("reference")] == ["scratch_src_s0"]
+    plain = _plan(tmp_path)
+    assert not any(st.name.startswith("scratch_yolov5") for st in plain)  # no reference cfgs by default
+    assert "prune_layers_n10" in {st.name for st in fs.build_plan(replace(s, cfg="models/yolov5m.yaml"),
+                                                                 tmp_path, widths, {})}  # blocks counted per cfg
+
+
+def test_settings_follow_the_pipeline_unless_overridden(monkeypatch):
+    monkeypatch.setattr(bf, "torch_pruning_available", lambda: False)
+    s = bf.make_settings(bf.parse_args([]))
+    d = fs.pipeline_defaults()
+    assert s.cfg == d["cfg"] == "models/yolov5n.yaml" and s.budget == fs.pipeline_budget() and s.reference_cfgs == ()
+    assert (s.optimizer, s.sp_optimizer, s.sp_hyp) == (d["optimizer"], d["sp_optimizer"], d["sp_hyp"])
+    s = bf.make_settings(bf.parse_args(["--cfg", "models/yolov5s.yaml", "--epochs-sparse", "3", "--optimizer", "SGD",
+                                        "--reference-cfgs", "models/yolov5n.yaml"]))
+    assert s.cfg == "models/yolov5s.yaml" and s.budget == fs.Budget(base=30, sparse=3, finetune=10)
+    assert (s.optimizer, s.sp_optimizer) == ("SGD", "SGD") and s.reference_cfgs == ("models/yolov5n.yaml",)
+    assert bf.make_settings(bf.parse_args(["--quick"])).budget == bf.QUICK_BUDGET
+    with pytest.raises(bf.UserError, match="source model"):
+        bf.make_settings(bf.parse_args(["--reference-cfgs", "models/yolov5s.yaml", "models/yolov5n.yaml"]))
+    with pytest.raises(bf.UserError, match="--reference-cfgs models/nothing.yaml"):
+        bf.make_settings(bf.parse_args(["--reference-cfgs", "models/nothing.yaml"]))
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--reference-cfgs", "models/yolov5s.yaml", "other/yolov5s.yaml"])  # rows named by stem
+
+
+def test_plan_prints_the_time_per_source_model_epoch(tmp_path, capsys):
+    stages = [fs.Stage("a", "train", (), epochs=10, cost=0.5), fs.Stage("b", "eval", ())]
+    bf.print_plan(stages, tmp_path, 16.0, "yolov5n")
+    out = capsys.readouterr().out
+    assert "5 yolov5n-epoch equivalents" in out and "16 s per yolov5n epoch" in out
+    assert f"{(5 * 16 + bf.OTHER_SECONDS['eval']) / 3600:.2f} h" in out

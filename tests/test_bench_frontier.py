@@ -293,6 +293,9 @@ def test_table_plot_and_readme_section(tmp_path):
     assert "### Accuracy against latency" in body and "ours 8x default, plain" in body and "0.510 ± 0.014" in body
     assert "9 epochs in all" in body and "Test CPU" in body
     assert "ratios to yolov5n trained from scratch" in body and "`models/yolov5n.yaml`" in body
+    assert "sparsity training:" not in body  # the same optimizer as the other trainings: not repeated
+    sgd = {**report, "settings": {**report["settings"], "sp_optimizer": "SGD"}}
+    assert "with AdamW (sparsity training: SGD)" in "\n".join(urr.render_frontier(sgd))
     assert png is None or f"]({png})" in body
     (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
     assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README

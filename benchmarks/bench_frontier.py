@@ -85,7 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reference-cfgs", nargs="+", default=[], metavar="CFG",
                    help="extra models trained from scratch for the whole budget, e.g. models/yolov5s.yaml "
                    "(rows labelled by file stem)")
-    p.add_argument("--epochs-base", type=positive_int, default=None, help="baseline epochs (default: the pipeline's EPOCHS)")
+    p.add_argument("--epochs-base", type=positive_int, default=None,
+                   help="baseline epochs (default: the pipeline's EPOCHS)")
     p.add_argument("--epochs-sparse", type=positive_int, default=None,
                    help="sparsity epochs (default: the pipeline's SP_EPOCHS)")
     p.add_argument("--epochs-finetune", type=positive_int, default=None,
@@ -133,7 +134,8 @@ def make_settings(opt: argparse.Namespace) -> fs.Settings:
     s = fs.settings_from_pipeline(
         budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None),
         optimizer=opt.optimizer, sp_optimizer=opt.optimizer, cfg=opt.cfg, flops=flops,
-        reference_cfgs=tuple(opt.reference_cfgs), strategies=tuple(opt.strategies), option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
+        reference_cfgs=tuple(opt.reference_cfgs), strategies=tuple(opt.strategies),
+        option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
         torch_pruning=not opt.no_torch_pruning and torch_pruning_available(), layer_rows=not opt.no_layer_rows,
         max_train_images=ac.QUICK_TRAIN_IMAGES // 2 if opt.quick else None)
     check_cfgs(s)
@@ -446,8 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = fs.build_plan(s, root, widths, costs)
     if opt.stages:
         stages = fs.select(stages, opt.stages)
-    print(f"Frontier of {s.cfg}: {s.budget.total} epochs per model ({s.budget.base} baseline + {s.budget.sparse} sparsity + "
-          f"{s.budget.finetune} finetune), {s.img} px, {s.optimizer} (sparsity {s.sp_optimizer}), FLOPs points {list(s.flops)}, "
+    print(f"Frontier of {s.cfg}: {s.budget.total} epochs per model ({s.budget.base} baseline + "
+          f"{s.budget.sparse} sparsity + {s.budget.finetune} finetune), {s.img} px, {s.optimizer} "
+          f"(sparsity {s.sp_optimizer}), FLOPs points {list(s.flops)}, "
           f"seeds {list(s.seeds)}; stages under {root}", flush=True)
     print_plan(stages, root, opt.epoch_seconds, fs.model_name(s.cfg))
     if opt.plan:

@@ -1,7 +1,8 @@
 """Torch-Pruning's Network-Slimming pruner on the project's training engine (frontier benchmark only).
 
-    python benchmarks/frontier_tp.py sparsity --weights runs/frontier/base/weights/best.pt --reg 0.003 \
-        --img 160 --epochs 6 --optimizer AdamW --project runs/frontier --name tp_sparse --exist-ok
+    python benchmarks/frontier_tp.py sparsity --weights runs/frontier/base/weights/best.pt --reg 0.03 \
+        --img 160 --epochs 15 --optimizer AdamW --hyp data/hyps/hyp.finetune.yaml --project runs/frontier \
+        --name tp_sparse --exist-ok
     python benchmarks/frontier_tp.py prune --weights runs/frontier/tp_sparse/weights/last.pt \
         --target-flops 0.5 --img 160 --out runs/frontier/tp_prune_f0.5/pruned.pt
 

@@ -517,3 +517,18 @@ def test_plan_prints_the_time_per_source_model_epoch(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "5 yolov5n-epoch equivalents" in out and "16 s per yolov5n epoch" in out
     assert f"{(5 * 16 + bf.OTHER_SECONDS['eval']) / 3600:.2f} h" in out
+
+
+def test_torch_pruning_sparsity_stage_trains_with_the_engine(tmp_path):
+    """The Torch-Pruning sparsity stage's command (frontier_tp.py sparsity) runs on the training engine:
+    one epoch on 8 images at 64 px, and its regulariser is recorded in the checkpoint."""
+    pytest.importorskip("torch_pruning")
+    nc = len(bf.load_data_names("data/builtin.yaml"))
+    save_checkpoint(tmp_path / "base.pt", build_model(ROOT / "models" / "yolov5n.yaml", nc=nc), history=[])
+    s = fs.Settings(budget=fs.Budget(base=1, sparse=1, finetune=1), img=64, max_train_images=8, sp_optimizer="SGD")
+    (stage,) = [st for st in fs.tp_stages(s, tmp_path) if st.name == "tp_sparse"]
+    args = list(stage.cmd[2:])
+    args[args.index("--weights") + 1] = str(tmp_path / "base.pt")
+    assert frontier_tp.main(args) == 0
+    hist = torch.load(tmp_path / "tp_sparse" / "weights" / "last.pt", weights_only=False)["history"][-1]
+    assert hist["regulariser"].startswith("torch-pruning") and hist["scale"] == s.scale

@@ -1,20 +1,24 @@
-"""Accuracy against measured latency for every way of making yolov5s smaller, on one protocol.
+"""Accuracy against measured latency for every way of making the pipeline's model smaller, on one protocol.
 
     nohup .venv/bin/python benchmarks/bench_frontier.py > runs/frontier/log.txt 2>&1 &   # full run, hours
     .venv/bin/python benchmarks/bench_frontier.py --plan        # the stages and the predicted time only
     .venv/bin/python benchmarks/bench_frontier.py --quick       # the whole chain at toy scale (smoke test)
 
-Rows (see ``frontier_stages``): yolov5s, yolov5n and width-scaled yolov5s models trained from
-scratch for the whole epoch budget; ours (strategies 3 and 8x, each option set of
-``frontier_stages.OPTION_SETS``) sparsity-trained from the yolov5s baseline, pruned to each FLOPs
-point and finetuned, plain and distilled from the best unpruned model; ours with layer pruning
-(every residual block a C3 can give, alone and then with strategy 8x and ``--latency-aware`` at each
-FLOPs point), finetuned plain; Torch-Pruning's
-BNScalePruner with its own regulariser, pruned to the same points and finetuned. Every model gets
-the same total epochs, the same data and image size; accuracy is measured on the held-out test
-split (``val.py --task test``), latency on the CPU at batch 1 with BN fused and one thread, all
-models timed round-robin in this process (ratios to yolov5s paired per round), in PyTorch and in
-ONNX Runtime. Stages are resumable: rerunning continues after the last finished one.
+The source model, the image size, the optimizers, hyperparameters and the epoch budget are those of
+``scripts/run_pipeline.sh`` (CFG, default yolov5n; EPOCHS + SP_EPOCHS + FT_EPOCHS, default
+30 + 15 + 10), so "ours" is what the pipeline gives; ``--cfg`` and the ``--epochs-*`` flags override
+them. Rows (see ``frontier_stages``): the source model, width-scaled copies of it at each FLOPs point
+(``models.scaling``) and the ``--reference-cfgs`` trained from scratch for the whole epoch budget;
+ours (strategies 3 and 8x, each option set of ``frontier_stages.OPTION_SETS``) sparsity-trained from
+the source-model baseline (the pipeline's SP_OPTIMIZER and SP_HYP), pruned to each FLOPs point and
+finetuned, plain and distilled from the best unpruned model; ours with layer pruning (every residual
+block a C3 can give, alone and then with strategy 8x and ``--latency-aware`` at each FLOPs point),
+finetuned plain; Torch-Pruning's BNScalePruner with its own regulariser, pruned to the same points
+and finetuned. Every model gets the same total epochs, the same data and image size; accuracy is
+measured on the held-out test split (``val.py --task test``), latency on the CPU at batch 1 with BN
+fused and one thread, all models timed round-robin in this process (ratios to the source model
+trained from scratch, paired per round), in PyTorch and in ONNX Runtime. Stages are resumable:
+rerunning continues after the last finished one.
 
 Writes ``benchmarks/results/frontier.json`` and ``frontier.png`` (``--quick``: under
 ``runs/bench/frontier_quick`` only).
@@ -44,6 +48,7 @@ import accuracy_common as ac  # noqa: E402
 import frontier_stages as fs  # noqa: E402
 from bench_prune_latency import TP_VERSION, round_robin  # noqa: E402
 from models import build_model, load_checkpoint, load_model  # noqa: E402
+from models.scaling import matched_width, width_yaml  # noqa: E402
 from utils.dataconfig import load_data_config  # noqa: E402
 from utils.errors import UserError, cli_main, nonneg_int, open_fraction, positive_float, positive_int  # noqa: E402
 from utils.general import check_img_size  # noqa: E402
@@ -57,10 +62,12 @@ except ImportError:
 
 FULL_ROOT = ROOT / "runs" / "frontier"
 QUICK_ROOT = ac.BENCH_RUNS / "frontier_quick"
-# full-run budget: see benchmarks/README.md ("Accuracy-latency frontier") for the arithmetic
-DEFAULT_BUDGET = fs.Budget(base=24, sparse=5, finetune=5)
+# the full-run budget is the pipeline's (fs.pipeline_budget); benchmarks/README.md has the arithmetic
 QUICK_BUDGET = fs.Budget(base=1, sparse=1, finetune=1)
-EPOCH_SECONDS = 40.0      # one yolov5s epoch at 160 px on the built-in data, 1 thread, validation included
+# one epoch of the source model at 160 px on the built-in data, 1 thread, validation included: yolov5n
+# ~16 s (yolov5s ~40 s; other models are estimated by their FLOPs ratio to the source model)
+EPOCH_SECONDS = 16.0
+SCRATCH_OVERHEAD = 0.15   # per-epoch cost of a model that does not scale with its FLOPs (data loading)
 OTHER_SECONDS = {"prune": 15.0, "eval": 8.0}
 FLOPS_TOLERANCE = 0.05   # a pruned or width-scaled model this far from its FLOPs point is flagged
 PLATEAU_GAIN = 0.01       # val mAP@.5:.95 gained in the last quarter of epochs below this: a plateau
@@ -73,16 +80,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="toy scale (1 epoch per phase, 16 images, 64 px, "
                    "FLOPs point 0.5) under runs/bench/frontier_quick; never writes benchmarks/results")
     p.add_argument("--root", default=None, help="stage folder (default runs/frontier, --quick runs/bench/frontier_quick)")
-    p.add_argument("--epochs-base", type=positive_int, default=None, help=f"baseline epochs (default {DEFAULT_BUDGET.base})")
+    p.add_argument("--cfg", default=None, help="the source model yaml: baseline, pruned and width-scaled "
+                   "(default: the pipeline's CFG)")
+    p.add_argument("--reference-cfgs", nargs="+", default=[], metavar="CFG",
+                   help="extra models trained from scratch for the whole budget, e.g. models/yolov5s.yaml "
+                   "(rows labelled by file stem)")
+    p.add_argument("--epochs-base", type=positive_int, default=None,
+                   help="baseline epochs (default: the pipeline's EPOCHS)")
     p.add_argument("--epochs-sparse", type=positive_int, default=None,
-                   help=f"sparsity epochs (default {DEFAULT_BUDGET.sparse})")
+                   help="sparsity epochs (default: the pipeline's SP_EPOCHS)")
     p.add_argument("--epochs-finetune", type=positive_int, default=None,
-                   help=f"finetune epochs (default {DEFAULT_BUDGET.finetune})")
+                   help="finetune epochs (default: the pipeline's FT_EPOCHS)")
     p.add_argument("--img", type=positive_int, default=None, help="image size (default: the pipeline's IMG)")
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=None,
-                   help="optimizer of every training (default: the pipeline's OPTIMIZER)")
+                   help="optimizer of every training (default: the pipeline's OPTIMIZER; the sparsity "
+                   "trainings: its SP_OPTIMIZER, or this flag when given)")
     p.add_argument("--flops", type=open_fraction, nargs="+", default=None,
-                   help="FLOPs points (fractions of yolov5s) (default 0.7 0.5 0.3)")
+                   help="FLOPs points (fractions of the source model) (default 0.7 0.5 0.3)")
     p.add_argument("--strategies", nargs="+", choices=sorted(fs.PRUNE_SCRIPTS), default=["3", "8x"])
     p.add_argument("--option-sets", nargs="+", choices=list(fs.OPTION_SETS), default=list(fs.OPTION_SETS),
                    help="prune option sets of ours (frontier_stages.OPTION_SETS)")
@@ -97,7 +111,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="run only the stages matching these globs (and what they need); no report")
     p.add_argument("--plan", action="store_true", help="print the stages and the predicted time, run nothing")
     p.add_argument("--epoch-seconds", type=positive_float, default=EPOCH_SECONDS,
-                   help="seconds of one yolov5s epoch, for the predicted time")
+                   help="seconds of one source-model epoch, for the predicted time (the default is yolov5n's)")
     p.add_argument("--rounds", type=positive_int, default=30, help="round-robin latency rounds")
     p.add_argument("--warmup", type=nonneg_int, default=3, help="untimed forwards per model before the rounds")
     p.add_argument("--json", default=None, help="result file (default benchmarks/results/frontier.json)")
@@ -106,20 +120,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--seeds {opt.seeds}: give distinct seeds")
     if opt.quick and opt.json and Path(opt.json).resolve().is_relative_to(ac.RESULTS.resolve()):
         p.error(f"--json {opt.json}: --quick runs never write into {ac.RESULTS}")
+    if len({fs.model_name(c) for c in opt.reference_cfgs}) != len(opt.reference_cfgs):
+        p.error(f"--reference-cfgs {opt.reference_cfgs}: give files with distinct names (rows are named by stem)")
     return opt
 
 
 def make_settings(opt: argparse.Namespace) -> fs.Settings:
-    """The pipeline's defaults, the budget, and the command line's choices."""
-    quick_budget = QUICK_BUDGET if opt.quick else DEFAULT_BUDGET
-    budget = fs.Budget(base=opt.epochs_base or quick_budget.base, sparse=opt.epochs_sparse or quick_budget.sparse,
-                       finetune=opt.epochs_finetune or quick_budget.finetune)
+    """The pipeline's defaults (source model, budget, recipe) and the command line's choices."""
+    default = QUICK_BUDGET if opt.quick else fs.pipeline_budget()
+    budget = fs.Budget(base=opt.epochs_base or default.base, sparse=opt.epochs_sparse or default.sparse,
+                       finetune=opt.epochs_finetune or default.finetune)
     flops = tuple(opt.flops) if opt.flops else ((0.5,) if opt.quick else (0.7, 0.5, 0.3))
-    return fs.settings_from_pipeline(
-        budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None), optimizer=opt.optimizer, flops=flops,
-        strategies=tuple(opt.strategies), option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
+    s = fs.settings_from_pipeline(
+        budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None),
+        optimizer=opt.optimizer, sp_optimizer=opt.optimizer, cfg=opt.cfg, flops=flops,
+        reference_cfgs=tuple(opt.reference_cfgs), strategies=tuple(opt.strategies),
+        option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
         torch_pruning=not opt.no_torch_pruning and torch_pruning_available(), layer_rows=not opt.no_layer_rows,
         max_train_images=ac.QUICK_TRAIN_IMAGES // 2 if opt.quick else None)
+    check_cfgs(s)
+    return s
+
+
+def check_cfgs(s: fs.Settings) -> None:
+    """The source model and every reference cfg exist; no reference repeats the source model."""
+    for flag, cfg in [("--cfg", s.cfg), *[("--reference-cfgs", c) for c in s.reference_cfgs]]:
+        if not ac.project_path(cfg).is_file():
+            raise UserError(f"{flag} {cfg}: no such model yaml; give e.g. models/yolov5s.yaml")
+    src = ac.project_path(s.cfg).resolve()
+    if any(ac.project_path(c).resolve() == src for c in s.reference_cfgs):
+        raise UserError(f"--reference-cfgs: {s.cfg} is the source model (--cfg), already trained from scratch; "
+                        f"leave it out")
 
 
 def torch_pruning_available() -> bool:
@@ -133,35 +164,38 @@ def torch_pruning_available() -> bool:
     return True
 
 
+def scratch_cost(fraction: float) -> float:
+    """Per-epoch cost, relative to the source model, of a model with ``fraction`` of its FLOPs."""
+    return SCRATCH_OVERHEAD + (1.0 - SCRATCH_OVERHEAD) * fraction
+
+
 def prepare_widths(s: fs.Settings, root: Path) -> tuple[dict[float, str], dict[str, float]]:
-    """Width-scaled yolov5s yamls (one per FLOPs point, in ``<root>/cfgs``; the widths found are
-    cached in ``cfgs/widths.json``) and each scratch model's per-epoch cost relative to yolov5s
-    (from its FLOPs fraction: for the time estimate only)."""
+    """Width-scaled copies of the source model (``models.scaling``; one yaml per FLOPs point, in
+    ``<root>/cfgs``; the widths found are cached in ``cfgs/widths.json``) and each scratch model's
+    per-epoch cost relative to the source model (from its FLOPs ratio: for the time estimate only)."""
     nc = len(load_data_names(s.data))
-    full = count_flops(build_model(s.cfg, nc=nc).eval(), s.img)
+    cfg = ac.project_path(s.cfg)
+
+    def count(model: torch.nn.Module) -> float:
+        return count_flops(model.eval(), s.img)
+
+    full = count(build_model(cfg, nc=nc))
     folder = root / "cfgs"
     folder.mkdir(parents=True, exist_ok=True)
-    probe, cache_path = folder / "_probe.yaml", folder / "widths.json"
+    cache_path = folder / "widths.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-
-    def fraction(cfg: str | Path) -> float:
-        return count_flops(build_model(cfg, nc=nc).eval(), s.img) / full
-
-    def at(w: float) -> float:
-        probe.write_text(fs.width_yaml(s.cfg, w))
-        return fraction(probe)
-
     widths: dict[float, str] = {}
-    costs = {"s": 1.0, "n": 0.15 + 0.85 * fraction(s.small_cfg)}
+    costs = {fs.SOURCE_KEY: 1.0}
+    costs.update({fs.model_name(c): scratch_cost(count(build_model(ac.project_path(c), nc=nc)) / full)
+                  for c in s.reference_cfgs})
     for point in s.flops:
         key = f"{s.cfg}@{s.img}@{point:g}"
-        w = cache.get(key) or fs.width_for_flops(at, point)
+        w = cache.get(key) or matched_width(cfg, point * full, count, nc=nc)[0]
         cache[key] = w
-        path = folder / f"{Path(s.cfg).stem}_w{w:.4g}.yaml"
-        path.write_text(fs.width_yaml(s.cfg, w))
+        path = folder / f"{fs.model_name(s.cfg)}_w{w:.4g}.yaml"
+        path.write_text(width_yaml(cfg, w, note="frontier benchmark"))
         widths[point] = str(path)
-        costs[f"w{point:g}"] = 0.15 + 0.85 * fraction(path)
-    probe.unlink(missing_ok=True)
+        costs[f"w{point:g}"] = scratch_cost(count(build_model(path, nc=nc)) / full)
     cache_path.write_text(json.dumps(cache, indent=2))
     return widths, costs
 
@@ -179,12 +213,12 @@ def val_fitness(weights: Path) -> float:
 
 
 def teacher_picker(root: Path, s: fs.Settings, plan: Sequence[fs.Stage]):
-    """``{teacher}``: the unpruned yolov5s (pretrained baseline or scratch) with the best val fitness."""
+    """``{teacher}``: the unpruned source model (pretrained baseline or scratch) with the best val fitness."""
     def pick() -> str:
-        names = {"base", *[f"scratch_s_s{seed}" for seed in s.seeds]}
+        names = set(fs.teacher_stages(s))
         cands = [root / n / "weights" / "best.pt" for n in sorted(names & fs.done_stages(plan, root))]
         if not cands:
-            raise RuntimeError("no finished unpruned yolov5s to distil from")
+            raise RuntimeError(f"no finished unpruned {fs.model_name(s.cfg)} to distil from")
         return str(max(cands, key=val_fitness))
     return pick
 
@@ -205,10 +239,11 @@ def curve(results_csv: Path) -> dict:
 
 
 def plateau_note(root: Path):
-    """``on_done`` for the runner: as soon as a yolov5s training finishes, say whether its val
-    mAP reached a plateau (so a too short budget shows hours before the report)."""
+    """``on_done`` for the runner: as soon as a source-model training (the baseline or from scratch)
+    finishes, say whether its val mAP reached a plateau (so a too short budget shows hours before
+    the report)."""
     def note(stage: fs.Stage) -> None:
-        if stage.name == "base" or stage.name.startswith("scratch_s_"):
+        if stage.name == "base" or stage.name.startswith(f"scratch_{fs.SOURCE_KEY}_"):
             c = curve(root / stage.name / "results.csv")
             if c and not c["plateau"]:
                 why = (f"only {len(c['mAP50-95'])} epochs" if len(c["mAP50-95"]) < 4 else
@@ -297,7 +332,7 @@ def flops_warnings(rows: Sequence[dict], tolerance: float = FLOPS_TOLERANCE) -> 
 
 def measure_latency(rows: list[dict], root: Path, img: int, rounds: int, warmup: int) -> None:
     """Parameters, FLOPs, and PyTorch / ONNX Runtime CPU latency (1 thread, batch 1, BN fused) of
-    every row, ratios paired per round to the yolov5s trained from scratch (added to ``rows``)."""
+    every row, ratios paired per round to the source model trained from scratch (added to ``rows``)."""
     ref = next(i for i, r in enumerate(rows) if r.get("reference"))
     models = [load_model(r["weights"], device="cpu", verbose=False) for r in rows]
     f0 = count_flops(models[ref], img)
@@ -363,7 +398,7 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
     return path
 
 
-def print_plan(stages: Sequence[fs.Stage], root: Path, epoch_s: float) -> None:
+def print_plan(stages: Sequence[fs.Stage], root: Path, epoch_s: float, model: str) -> None:
     done = fs.done_stages(stages, root)
     for st in stages:
         state = "done" if st.name in done else "todo"
@@ -371,8 +406,8 @@ def print_plan(stages: Sequence[fs.Stage], root: Path, epoch_s: float) -> None:
         print(f"  {state}  {st.kind:9s} {st.name:40s} {epochs}")
     units = sum(st.epochs * st.cost for st in stages)
     total = fs.estimate_seconds(stages, epoch_s, OTHER_SECONDS)
-    print(f"{len(stages)} stages, {units:.0f} yolov5s-epoch equivalents; predicted {total / 3600:.2f} h "
-          f"serially at {epoch_s:g} s per yolov5s epoch")
+    print(f"{len(stages)} stages, {units:.0f} {model}-epoch equivalents; predicted {total / 3600:.2f} h "
+          f"serially at {epoch_s:g} s per {model} epoch (--epoch-seconds)")
 
 
 def output_paths(opt: argparse.Namespace) -> tuple[Path, Path]:
@@ -393,7 +428,7 @@ def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], 
     for line in warnings:
         print(line)
     table = format_table(rows)
-    curves = {name: curve(root / name / "results.csv") for name in ("base", *[f"scratch_s_s{x}" for x in s.seeds])}
+    curves = {name: curve(root / name / "results.csv") for name in fs.teacher_stages(s)}
     return {"benchmark": "frontier", "quick": bool(opt.quick), "date": ac.now(), "machine": ac.machine_info(),
             "settings": {**asdict(s), "total_epochs": s.budget.total}, "root": str(root),
             "teacher": teacher_picker(root, s, stages)() if any("distill" in r["method"] for r in rows) else None,
@@ -413,10 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stages = fs.build_plan(s, root, widths, costs)
     if opt.stages:
         stages = fs.select(stages, opt.stages)
-    print(f"Frontier: {s.budget.total} epochs per model ({s.budget.base} baseline + {s.budget.sparse} sparsity + "
-          f"{s.budget.finetune} finetune), {s.img} px, {s.optimizer}, FLOPs points {list(s.flops)}, "
+    print(f"Frontier of {s.cfg}: {s.budget.total} epochs per model ({s.budget.base} baseline + "
+          f"{s.budget.sparse} sparsity + {s.budget.finetune} finetune), {s.img} px, {s.optimizer} "
+          f"(sparsity {s.sp_optimizer}), FLOPs points {list(s.flops)}, "
           f"seeds {list(s.seeds)}; stages under {root}", flush=True)
-    print_plan(stages, root, opt.epoch_seconds)
+    print_plan(stages, root, opt.epoch_seconds, fs.model_name(s.cfg))
     if opt.plan:
         return 0
     t0 = time.perf_counter()
@@ -429,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if run.failed else 0
     reference = [st for st in stages if st.row.get("reference")]
     if not reference or not {st.name for st in reference} <= fs.done_stages(stages, root):
-        raise UserError("the yolov5s trained from scratch (the latency reference) did not finish: "
+        raise UserError(f"the {fs.model_name(s.cfg)} trained from scratch (the latency reference) did not finish: "
                         "see its stage log under " + str(root))
     result = report(opt, s, stages, root)
     result.update(wall_s=time.perf_counter() - t0, failed_stages=run.failed, skipped_stages=run.skipped)

@@ -5,8 +5,8 @@ A stage is one command of the project's CLIs (``train.py``, ``train_sparsity.py`
 when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command, wall time, date
 and a fingerprint of the command and of everything upstream of it). A stage whose marker has the
 planned fingerprint is skipped; any other stage folder (a crash, or a run with other settings)
-is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold two placeholders resolved
-when the stage starts: ``{teacher}`` (the unpruned yolov5s checkpoint with the best val mAP),
+is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold placeholders resolved
+when the stage starts: ``{teacher}`` (the unpruned source-model checkpoint with the best val mAP),
 ``{pruned:<stage>}`` (the checkpoint a prune stage wrote) and ``{layer_target:<stage>:<point>}`` (the
 ``--target-flops`` of a channel step after ``--layers N`` that lands the whole at ``point`` of the
 original's FLOPs, from the FLOPs that layer-pruning stage kept).
@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
-
-import yaml
 
 from models import load_cfg_file
 from utils.prune import EXTRA_LAYERS, find_blocks, layer_flops, max_removable
@@ -53,16 +51,20 @@ LAYER_OPTION_SET = "latency"
 LAYER_STRATEGY = "8x"
 # the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
 PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
-# pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get)
+# pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get); the
+# epochs go to the Budget (BUDGET_VARS)
 PIPELINE_VARS = {"BATCH": "batch", "NBS": "nbs", "OPTIMIZER": "optimizer", "SCALE": "scale",
-                 "LAYER_KEEP": "layer_keep", "HYP": "hyp", "FT_HYP": "ft_hyp", "IMG": "img", "DATA": "data"}
+                 "LAYER_KEEP": "layer_keep", "HYP": "hyp", "FT_HYP": "ft_hyp", "IMG": "img", "DATA": "data",
+                 "CFG": "cfg", "SP_OPTIMIZER": "sp_optimizer", "SP_HYP": "sp_hyp",
+                 "EPOCHS": "base", "SP_EPOCHS": "sparse", "FT_EPOCHS": "finetune"}
+BUDGET_VARS = ("base", "sparse", "finetune")
 
 
 @dataclass(frozen=True)
 class Budget:
     """Epochs of each phase; every frontier model gets ``total`` epochs of training in all."""
 
-    base: int       # yolov5s from scratch: the baseline that pruning starts from
+    base: int       # the source model from scratch: the baseline that pruning starts from
     sparse: int     # sparsity training (ours and Torch-Pruning's regulariser)
     finetune: int   # finetuning of the pruned models
 
@@ -80,13 +82,15 @@ class Settings:
     batch: int = 16
     nbs: int = 16
     optimizer: str = "AdamW"
-    scale: float = 0.003
+    sp_optimizer: str = "AdamW"     # optimizer of the sparsity trainings (the pipeline's SP_OPTIMIZER)
+    scale: float = 0.03
     layer_keep: float = 0.01
     hyp: str = "data/hyps/hyp.scratch-low.yaml"
     ft_hyp: str = "data/hyps/hyp.finetune.yaml"
+    sp_hyp: str = "data/hyps/hyp.finetune.yaml"  # hyperparameters of the sparsity trainings (SP_HYP)
     data: str = "data/builtin.yaml"
-    cfg: str = "models/yolov5s.yaml"
-    small_cfg: str = "models/yolov5n.yaml"
+    cfg: str = "models/yolov5n.yaml"             # the source model: baseline, pruned, width-scaled
+    reference_cfgs: tuple[str, ...] = ()         # extra models trained from scratch (rows by cfg stem)
     flops: tuple[float, ...] = (0.7, 0.5, 0.3)
     strategies: tuple[str, ...] = ("3", "8x")
     option_sets: tuple[str, ...] = tuple(OPTION_SETS)
@@ -106,56 +110,56 @@ class Stage:
     cmd: tuple[str, ...]
     needs: tuple[str, ...] = ()
     epochs: int = 0
-    cost: float = 0.0               # per-epoch cost relative to a yolov5s epoch (time estimates)
+    cost: float = 0.0               # per-epoch cost relative to a source-model epoch (time estimates)
     weights: str = ""               # the model the stage produces, relative to the stage folder
     row: dict = field(default_factory=dict)
     exclusive: bool = False         # runs alone even with --parallel (it measures latency)
 
 
 # ------------------------------------------------------------------------------------ settings
-def pipeline_defaults(text: str | None = None) -> dict[str, str]:
-    """The full-run defaults of ``scripts/run_pipeline.sh`` (``VAR=${VAR:-value}``; the last
-    assignment wins, which is the non-QUICK branch), for the variables in PIPELINE_VARS."""
-    text = PIPELINE_SCRIPT.read_text() if text is None else text
+def pipeline_variables(text: str) -> dict[str, str]:
+    """Every ``VAR=${VAR:-value}`` default of a shell script (the last assignment wins, which is the
+    non-QUICK branch), a value that is a reference to another variable (``$VAR`` or ``${VAR}``)
+    resolved to that variable's default."""
     found: dict[str, str] = {}
     for name, value in re.findall(r"\b([A-Z_]+)=\$\{\1:?-([^}]*)\}", text):
-        if name in PIPELINE_VARS and value:
-            found[PIPELINE_VARS[name]] = value
+        found[name] = value
+    for name in found:
+        seen = {name}
+        while (ref := re.fullmatch(r"\$\{?([A-Z_]+)\}?", found[name])) and ref[1] in found and ref[1] not in seen:
+            seen.add(ref[1])
+            found[name] = found[ref[1]]
     return found
 
 
-def settings_from_pipeline(budget: Budget, **overrides) -> Settings:
-    """Settings with the pipeline's defaults, then ``overrides`` (None values ignored)."""
+def pipeline_defaults(text: str | None = None) -> dict[str, str]:
+    """The full-run defaults of ``scripts/run_pipeline.sh`` for the variables in PIPELINE_VARS, by
+    Settings / Budget field (empty or unresolved values left out)."""
+    found = pipeline_variables(PIPELINE_SCRIPT.read_text() if text is None else text)
+    return {PIPELINE_VARS[k]: v for k, v in found.items() if k in PIPELINE_VARS and v and not v.startswith("$")}
+
+
+def pipeline_budget(text: str | None = None) -> Budget:
+    """The pipeline's full-run epochs (EPOCHS / SP_EPOCHS / FT_EPOCHS) as a Budget."""
+    d = pipeline_defaults(text)
+    missing = [k for k in BUDGET_VARS if k not in d]
+    if missing:
+        raise ValueError(f"{PIPELINE_SCRIPT}: no default for {missing}: the frontier's epoch budget follows it")
+    return Budget(**{k: int(d[k]) for k in BUDGET_VARS})
+
+
+def settings_from_pipeline(budget: Budget | None = None, **overrides) -> Settings:
+    """Settings with the pipeline's defaults (its epochs when ``budget`` is None), then ``overrides``
+    (None values ignored)."""
     types = {"batch": int, "nbs": int, "img": int, "scale": float, "layer_keep": float}
-    base = {k: types.get(k, str)(v) for k, v in pipeline_defaults().items()}
+    base = {k: types.get(k, str)(v) for k, v in pipeline_defaults().items() if k not in BUDGET_VARS}
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return Settings(budget=budget, **base)
-
-
-# ------------------------------------------------------------------------------------ width models
-def width_yaml(cfg: str | Path, width: float) -> str:
-    """The yaml text of ``cfg`` with its width_multiple replaced (a comment says where it came from)."""
-    doc = yaml.safe_load(Path(cfg).read_text())
-    doc["width_multiple"] = round(float(width), 4)
-    return f"# {Path(cfg).name} with width_multiple {doc['width_multiple']} (frontier benchmark)\n" + \
-        yaml.safe_dump(doc, sort_keys=False, default_flow_style=None)
-
-
-def width_for_flops(flops_of: Callable[[float], float], target: float, lo: float = 0.05, hi: float = 1.0,
-                    steps: int = 14) -> float:
-    """The width multiple whose FLOPs fraction (``flops_of(w)``, increasing in w) is closest to
-    ``target`` (channels round to multiples of 8, so FLOPs move in steps)."""
-    seen: dict[float, float] = {}
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        seen[mid] = flops_of(mid)
-        lo, hi = (mid, hi) if seen[mid] < target else (lo, mid)
-    return min(seen, key=lambda w: (abs(seen[w] - target), w))
+    return Settings(budget=budget or pipeline_budget(), **base)
 
 
 # ------------------------------------------------------------------------------------ the plan
-def _train_flags(s: Settings, epochs: int, hyp: str, seed: int) -> list[str]:
-    flags = ["--img", str(s.img), "--batch", str(s.batch), "--nbs", str(s.nbs), "--optimizer", s.optimizer,
+def _train_flags(s: Settings, epochs: int, hyp: str, seed: int, optimizer: str | None = None) -> list[str]:
+    flags = ["--img", str(s.img), "--batch", str(s.batch), "--nbs", str(s.nbs), "--optimizer", optimizer or s.optimizer,
              "--data", s.data, "--epochs", str(epochs), "--hyp", hyp, "--seed", str(seed),
              "--workers", str(s.workers)]
     return flags + (["--max-train-images", str(s.max_train_images)] if s.max_train_images else [])
@@ -169,25 +173,48 @@ def _fmt(f: float) -> str:
     return f"{f:g}"
 
 
+def model_name(cfg: str | Path) -> str:
+    """The name rows and labels give a model yaml: its file stem (``models/yolov5n.yaml``: yolov5n)."""
+    return Path(cfg).stem
+
+
+# the stage key of the source model trained from scratch (the unpruned matched control, the latency reference)
+SOURCE_KEY = "src"
+
+
+def teacher_stages(s: Settings) -> tuple[str, ...]:
+    """The unpruned source-model trainings a distilled finetuning may take its teacher from."""
+    return ("base", *[f"scratch_{SOURCE_KEY}_s{seed}" for seed in s.seeds])
+
+
+def scratch_models(s: Settings, widths: dict[float, str]) -> list[tuple[str, str, str, float | None]]:
+    """(stage key, cfg, label, FLOPs point) of every model trained from scratch: the source model,
+    the reference cfgs, the width-scaled source models."""
+    src = model_name(s.cfg)
+    models = [(SOURCE_KEY, s.cfg, src, None)]
+    models += [(model_name(cfg), cfg, model_name(cfg), None) for cfg in s.reference_cfgs]
+    models += [(f"w{_fmt(f)}", cfg, f"{src} width {Path(cfg).stem.split('_w')[-1]}", f) for f, cfg in widths.items()]
+    return models
+
+
 def scratch_stages(s: Settings, root: Path, widths: dict[float, str], costs: dict[str, float]) -> list[Stage]:
-    """The pretraining baseline and every model trained from scratch for the whole budget."""
-    py = sys.executable
+    """The pretraining baseline (the source model) and every model trained from scratch for the whole
+    budget; ``costs``: per-epoch cost by stage key (see scratch_models), relative to the source model."""
+    py, src = sys.executable, model_name(s.cfg)
     base = Stage("base", "train", (py, "train.py", "--cfg", s.cfg, "--weights", "",
                                    *_train_flags(s, s.budget.base, s.hyp, 0), *_out(root, "base")),
                  epochs=s.budget.base, cost=1.0, weights="weights/best.pt",
-                 row={"method": "pretrained baseline", "label": f"yolov5s, pretraining only ({s.budget.base} epochs)",
+                 row={"method": "pretrained baseline", "label": f"{src}, pretraining only ({s.budget.base} epochs)",
                       "epochs": s.budget.base, "reference": False})
     out = [base]
-    models = [("s", s.cfg, "yolov5s", None), ("n", s.small_cfg, "yolov5n", None)]
-    models += [(f"w{_fmt(f)}", cfg, f"yolov5s width {Path(cfg).stem.split('_w')[-1]}", f) for f, cfg in widths.items()]
-    for key, cfg, label, point in models:
+    for key, cfg, label, point in scratch_models(s, widths):
         for seed in s.seeds:
             name = f"scratch_{key}_s{seed}"
             out.append(Stage(name, "train", (py, "train.py", "--cfg", cfg, "--weights", "",
                                              *_train_flags(s, s.budget.total, s.hyp, seed), *_out(root, name)),
                              epochs=s.budget.total, cost=costs.get(key, 1.0), weights="weights/best.pt",
                              row={"method": "trained from scratch", "label": label, "seed": seed, "point": point,
-                                  "epochs": s.budget.total, "reference": key == "s"}))
+                                  "epochs": s.budget.total, "reference": key == SOURCE_KEY}))
     return out
 
 
@@ -196,14 +223,14 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
     (plain and distilled from the best unpruned model), every seed."""
     py = sys.executable
     base_w = str(root / "base" / "weights" / "best.pt")
-    teachers = ("base", *[f"scratch_s_s{seed}" for seed in s.seeds])
+    teachers = teacher_stages(s)
     out: list[Stage] = []
     for opt_name in s.option_sets:
         opts = OPTION_SETS[opt_name]
         sparse = f"sparse_{opt_name}"
         shared = sparsity_switches(opts)
         out.append(Stage(sparse, "sparsity", (py, "train_sparsity.py", "--weights", base_w,
-                                              *_train_flags(s, s.budget.sparse, s.ft_hyp, 0), "-sr",
+                                              *_train_flags(s, s.budget.sparse, s.sp_hyp, 0, s.sp_optimizer), "-sr",
                                               "--scale", str(s.scale), "--prune", "1", *shared, *_out(root, sparse)),
                          needs=("base",), epochs=s.budget.sparse, cost=1.0, weights="weights/last.pt"))
         for strategy in s.strategies:
@@ -247,8 +274,8 @@ def sparsity_switches(opts: Sequence[str]) -> list[str]:
 
 def layer_plan(cfg: str | Path, img: int) -> tuple[int, float]:
     """(N, FLOPs kept): how many residual blocks layer pruning can remove from ``cfg`` while every C3
-    keeps one (yolov5s: 3), and the fraction of the conv FLOPs at ``img`` px left after that (each C3
-    keeping its largest block: exact for YOLOv5, whose blocks in one C3 are alike)."""
+    keeps one (yolov5n and yolov5s: 3), and the fraction of the conv FLOPs at ``img`` px left after
+    that (each C3 keeping its largest block: exact for YOLOv5, whose blocks in one C3 are alike)."""
     c = load_cfg_file(Path(cfg) if Path(cfg).is_absolute() else ROOT / cfg)
     blocks, flops = find_blocks(c), layer_flops(c, img)
     stages: dict[int, list[float]] = {}
@@ -301,10 +328,12 @@ def layer_stages(s: Settings, root: Path) -> list[Stage]:
 
 
 def tp_stages(s: Settings, root: Path) -> list[Stage]:
-    """Torch-Pruning: its regulariser for the sparsity epochs, pruned to each point, finetuned plain."""
+    """Torch-Pruning: its regulariser for the sparsity epochs (our engine, with the sparsity step's
+    optimizer and hyperparameters), pruned to each point, finetuned plain."""
     py, tp = sys.executable, str(ROOT / "benchmarks" / "frontier_tp.py")
     out = [Stage("tp_sparse", "sparsity", (py, tp, "sparsity", "--weights", str(root / "base" / "weights" / "best.pt"),
-                                           *_train_flags(s, s.budget.sparse, s.ft_hyp, 0), "--reg", str(s.scale),
+                                           *_train_flags(s, s.budget.sparse, s.sp_hyp, 0, s.sp_optimizer),
+                                           "--reg", str(s.scale),
                                            *_out(root, "tp_sparse")),
                  needs=("base",), epochs=s.budget.sparse, cost=1.0, weights="weights/last.pt")]
     for point in s.flops:
@@ -372,7 +401,7 @@ def select(stages: Sequence[Stage], patterns: Iterable[str]) -> list[Stage]:
 
 
 def estimate_seconds(stages: Sequence[Stage], epoch_s: float, other_s: dict[str, float]) -> float:
-    """Predicted serial wall time: training epochs x cost x ``epoch_s`` (one yolov5s epoch,
+    """Predicted serial wall time: training epochs x cost x ``epoch_s`` (one source-model epoch,
     validation included), plus a fixed time per other stage kind."""
     return sum(st.epochs * st.cost * epoch_s if st.epochs else other_s.get(st.kind, 0.0) for st in stages)
 

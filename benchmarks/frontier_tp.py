@@ -1,7 +1,8 @@
 """Torch-Pruning's Network-Slimming pruner on the project's training engine (frontier benchmark only).
 
-    python benchmarks/frontier_tp.py sparsity --weights runs/frontier/base/weights/best.pt --reg 0.003 \
-        --img 160 --epochs 6 --optimizer AdamW --project runs/frontier --name tp_sparse --exist-ok
+    python benchmarks/frontier_tp.py sparsity --weights runs/frontier/base/weights/best.pt --reg 0.03 \
+        --img 160 --epochs 15 --optimizer AdamW --hyp data/hyps/hyp.finetune.yaml --project runs/frontier \
+        --name tp_sparse --exist-ok
     python benchmarks/frontier_tp.py prune --weights runs/frontier/tp_sparse/weights/last.pt \
         --target-flops 0.5 --img 160 --out runs/frontier/tp_prune_f0.5/pruned.pt
 
@@ -35,7 +36,7 @@ import torch  # noqa: E402
 
 from bench_prune_latency import TP_VERSION, cfg_flops, tp_at_flops  # noqa: E402
 from models import load_checkpoint, load_model, make_checkpoint, save_checkpoint  # noqa: E402
-from utils.engine import Trainer, add_train_args, run_training  # noqa: E402
+from utils.engine import Hook, Trainer, add_train_args, config_from_args, run_training  # noqa: E402
 from utils.errors import UserError, cli_main, open_fraction  # noqa: E402
 from utils.prune import analyse  # noqa: E402
 from utils.torch_utils import de_parallel  # noqa: E402
@@ -69,20 +70,25 @@ def regulariser(tp: Any, model: torch.nn.Module, reg: float) -> Any:
     return pruner
 
 
+class TorchPruningRegulariser(Hook):
+    """Engine hook: builds the pruner when training starts, regularises after each backward."""
+
+    def __init__(self, tp: Any, reg: float) -> None:
+        self.tp, self.reg, self.pruner = tp, reg, None
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.pruner = regulariser(self.tp, de_parallel(trainer.model), self.reg)
+
+    def after_backward(self, trainer: Trainer, n_micro: int, n_images: int) -> None:
+        self.pruner.regularize(de_parallel(trainer.model))
+
+
 def configure_sparsity(reg: float):
-    """Engine configuration: build the pruner when training starts, regularise after each backward."""
+    """Engine configuration: Torch-Pruning's regulariser in the after-backward seam."""
     tp = require_torch_pruning()
-    state: dict[str, Any] = {}
-
-    def start(trainer: Trainer) -> None:
-        state["pruner"] = regulariser(tp, de_parallel(trainer.model), reg)
-
-    def after_backward(trainer: Trainer, n_micro: int, n_images: int) -> None:
-        state["pruner"].regularize(de_parallel(trainer.model))
 
     def configure(trainer: Trainer) -> None:
-        trainer.train_start.append(start)
-        trainer.after_backward.append(after_backward)
+        trainer.register(TorchPruningRegulariser(tp, reg))
         trainer.history_extra.update({"sr": True, "scale": reg, "regulariser": f"torch-pruning {TP_VERSION} "
                                       "BNScalePruner.regularize (all BatchNorm layers)"})
     return configure
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.command == "sparsity":
         reg = opt.reg
         del opt.reg, opt.command
-        run_training(opt, step="sparsity", configure=configure_sparsity(reg))
+        run_training(config_from_args(opt), step="sparsity", configure=configure_sparsity(reg))
     else:
         torch.set_num_threads(1)
         prune_to_flops(opt.weights, opt.target_flops, opt.img, opt.out)

@@ -227,11 +227,14 @@ def render_frontier(d: dict) -> list[str]:
              f_ratio(r.get("cpu_ratio")), f_ms(r.get("onnx_ms")), f_ratio(r.get("onnx_ratio")),
              str(len(r.get("per_seed") or []))] for r in rows]
     seeds = ", ".join(map(str, st.get("seeds") or []))
-    lines = [f"Every model trained {epochs(st.get('total_epochs'))} in all ({budget.get('base')} baseline + "
+    source = Path(st.get("cfg") or "models/yolov5s.yaml").stem  # reports before --cfg: yolov5s
+    sp_opt = (f" (sparsity training: {st['sp_optimizer']})"
+              if st.get("sp_optimizer") and st["sp_optimizer"] != st.get("optimizer") else "")
+    lines = [f"Source model `{short_path(st.get('cfg') or 'models/yolov5s.yaml')}`. Every model trained {epochs(st.get('total_epochs'))} in all ({budget.get('base')} baseline + "
              f"{budget.get('sparse')} sparsity + {budget.get('finetune')} finetune for pruned models; from scratch "
-             f"otherwise) on `{short_path(st.get('data'))}` at {st.get('img')} px with {st.get('optimizer')}, "
+             f"otherwise) on `{short_path(st.get('data'))}` at {st.get('img')} px with {st.get('optimizer')}{sp_opt}, "
              f"seed(s) {seeds}; mAP on the held-out test split (mean ± standard deviation over seeds); latency at "
-             f"batch 1, BN fused, 1 thread, timed round-robin, ratios to yolov5s trained from scratch paired per "
+             f"batch 1, BN fused, 1 thread, timed round-robin, ratios to {source} trained from scratch paired per "
              f"round. Protocol: `benchmarks/README.md`.", ""]
     lines += [table(["model", "FLOPs point", "FLOPs ratio", "test mAP@.5:.95", "test mAP@.5", "CPU ms",
                      "CPU ratio", "ONNX ms", "ONNX ratio", "seeds"], body), ""]

@@ -29,7 +29,7 @@ def _settings(**kw) -> fs.Settings:
 
 def _plan(tmp_path, **kw) -> list:
     s = _settings(**kw)
-    widths = {f: f"cfgs/yolov5s_w{f}.yaml" for f in s.flops}
+    widths = {f: f"cfgs/yolov5n_w{f}.yaml" for f in s.flops}
     return fs.build_plan(s, tmp_path, widths, {})
 
 
@@ -38,18 +38,31 @@ def test_pipeline_defaults_come_from_run_pipeline_sh():
     d = fs.pipeline_defaults()
     assert d["optimizer"] == "AdamW" and d["img"] == "160" and d["scale"] == "0.03"
     assert d["ft_hyp"].endswith("hyp.finetune.yaml") and d["layer_keep"] == "0.01"
+    assert d["cfg"] == "models/yolov5n.yaml"
+    assert d["sp_optimizer"] == d["optimizer"] and d["sp_hyp"] == d["ft_hyp"]  # ${SP_HYP:-$FT_HYP} resolved
+    assert fs.pipeline_budget() == fs.Budget(base=30, sparse=15, finetune=10)  # the full run, not QUICK's 2/1/1
     text = 'if q; then\n  IMG=${IMG:-128}; EPOCHS=${EPOCHS:-2}\nelse\n  IMG=${IMG:-160}\nfi\nNBS=${NBS-8}\n'
-    assert fs.pipeline_defaults(text) == {"img": "160", "nbs": "8"}  # the full run's branch wins
+    assert fs.pipeline_defaults(text) == {"img": "160", "nbs": "8", "base": "2"}  # the full run's branch wins
     s = fs.settings_from_pipeline(BUDGET, optimizer="SGD", img=None)
     assert s.optimizer == "SGD" and s.img == 160 and s.nbs == int(d["nbs"]) and s.budget.total == 9
+    assert s.cfg == "models/yolov5n.yaml" and s.sp_optimizer == "AdamW"
+    assert fs.settings_from_pipeline().budget == fs.pipeline_budget()
 
 
-def test_width_for_flops_picks_the_closest_step():
-    steps = lambda w: round(w * 8) / 8  # noqa: E731  (FLOPs move in steps, like channels in multiples of 8)
-    assert fs.width_for_flops(steps, 0.5) == pytest.approx(0.5, abs=1 / 16)
-    assert abs(steps(fs.width_for_flops(steps, 0.3)) - 0.3) <= 1 / 16
-    text = fs.width_yaml(ROOT / "models" / "yolov5s.yaml", 0.31234)
-    assert "width_multiple: 0.3123" in text and "depth_multiple: 0.33" in text
+def test_pipeline_variable_references_resolve():
+    text = ("OPT=${OPT:-AdamW}\nSP_OPTIMIZER=${SP_OPTIMIZER:-$OPT}\nFT_HYP=${FT_HYP:-ft.yaml}\n"
+            "SP_HYP=${SP_HYP:-${FT_HYP}}\nA=${A:-$B}\nB=${B:-$A}\nHYP=${HYP:-$UNSET}\n")
+    v = fs.pipeline_variables(text)
+    assert v["SP_OPTIMIZER"] == "AdamW" and v["SP_HYP"] == "ft.yaml"
+    assert v["A"] in ("$A", "$B") and v["HYP"] == "$UNSET"  # a cycle or an unknown name stays unresolved
+    d = fs.pipeline_defaults(text)
+    assert d == {"sp_optimizer": "AdamW", "sp_hyp": "ft.yaml", "ft_hyp": "ft.yaml"}  # no unresolved HYP
+    with pytest.raises(ValueError, match="sparse"):
+        fs.pipeline_budget("EPOCHS=${EPOCHS:-3}\nFT_EPOCHS=${FT_EPOCHS:-1}\n")
+
+
+def test_width_scaling_lives_in_models_scaling():
+    assert not hasattr(fs, "width_yaml") and not hasattr(fs, "width_for_flops")  # one implementation
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -70,7 +83,9 @@ def test_plan_gives_every_model_the_same_total_epochs(tmp_path):
         assert by[f"eval_{st.name}"].cmd[by[f"eval_{st.name}"].cmd.index("--task") + 1] == "test"
     methods = {st.row["method"] for st in stages if st.row}
     assert {"trained from scratch", "ours 8x default", "ours 3 latency + distill", "Torch-Pruning BNScalePruner"} <= methods
-    assert sum(1 for st in stages if st.row.get("reference")) == 2  # yolov5s from scratch, per seed
+    refs = [st for st in stages if st.row.get("reference")]  # the source model from scratch, per seed
+    assert [st.name for st in refs] == ["scratch_src_s0", "scratch_src_s1"]
+    assert all(st.cmd[st.cmd.index("--cfg") + 1] == "models/yolov5n.yaml" for st in refs)
 
 
 def test_plan_option_sets_reach_sparsity_and_prune_commands(tmp_path):
@@ -85,7 +100,7 @@ def test_plan_option_sets_reach_sparsity_and_prune_commands(tmp_path):
     assert fs.OPTION_SETS["latency"] == ("--latency-aware",) and "--cost-aware" not in prune
     assert prune[prune.index("--target-flops") + 1] == "0.3" and "slim_prune_yolov5s_8x.py" in prune
     distill = by["ft_3_default_f0.7_distill_s0"]
-    assert "{teacher}" in distill.cmd and {"base", "scratch_s_s0"} <= set(distill.needs)
+    assert "{teacher}" in distill.cmd and {"base", "scratch_src_s0"} <= set(distill.needs)
     assert "--distill" not in by["ft_3_default_f0.7_plain_s0"].cmd
     assert "{pruned:prune_3_default_f0.7}" in distill.cmd
 
@@ -277,6 +292,10 @@ def test_table_plot_and_readme_section(tmp_path):
     body = urr.render_section(found)
     assert "### Accuracy against latency" in body and "ours 8x default, plain" in body and "0.510 ± 0.014" in body
     assert "9 epochs in all" in body and "Test CPU" in body
+    assert "ratios to yolov5n trained from scratch" in body and "`models/yolov5n.yaml`" in body
+    assert "sparsity training:" not in body  # the same optimizer as the other trainings: not repeated
+    sgd = {**report, "settings": {**report["settings"], "sp_optimizer": "SGD"}}
+    assert "with AdamW (sparsity training: SGD)" in "\n".join(urr.render_frontier(sgd))
     assert png is None or f"]({png})" in body
     (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
     assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README
@@ -324,9 +343,13 @@ def test_width_scaled_models_hit_their_flops_point(tmp_path, monkeypatch):
     full = count_flops(build_model(ROOT / s.cfg, nc=5).eval(), 64)
     got = count_flops(build_model(widths[0.5], nc=5).eval(), 64) / full
     assert abs(got - 0.5) < bf.FLOPS_TOLERANCE and Path(widths[0.5]).parent == tmp_path / "cfgs"
-    assert 0.15 < costs["n"] < costs["w0.5"] < costs["s"] == 1.0
-    monkeypatch.setattr(fs, "width_for_flops", lambda *a, **k: pytest.fail("the cached width was searched again"))
+    assert 0.15 < costs["w0.5"] < costs["src"] == 1.0
+    assert Path(widths[0.5]).name.startswith("yolov5n_w") and "width_multiple" in Path(widths[0.5]).read_text()
+    monkeypatch.setattr(bf, "matched_width", lambda *a, **k: pytest.fail("the cached width was searched again"))
     assert bf.prepare_widths(s, tmp_path)[0] == widths
+    ref = fs.Settings(budget=BUDGET, img=64, flops=(0.5,), reference_cfgs=("models/yolov5s.yaml",))
+    cost_s = bf.prepare_widths(ref, tmp_path)[1]["yolov5s"]
+    assert 2.5 < cost_s < 4.0  # yolov5s: about 3.7 x the FLOPs of yolov5n
 
 
 # ------------------------------------------------------------------------------------ option sets, layer rows
@@ -341,6 +364,7 @@ def test_sparsity_switches_follow_what_the_prune_flags_make_prunable():
 def test_layer_plan_counts_the_blocks_each_c3_can_give():
     n, kept = fs.layer_plan("models/yolov5s.yaml", 160)
     assert n == 3 and 0.8 < kept < 0.95  # yolov5s: C3 modules of 1, 2, 3, 1 blocks
+    assert fs.layer_plan("models/yolov5n.yaml", 160)[0] == 3  # the pipeline's model: the same C3 layout
     assert fs.layer_plan(ROOT / "models" / "yolov5m.yaml", 160)[0] == 10  # 2, 4, 6, 2 blocks
 
 
@@ -374,9 +398,9 @@ def test_plan_has_the_layer_pruning_rows(tmp_path):
 
 
 def test_layer_rows_cost_under_a_quarter_more_time(tmp_path):
-    widths = {f: f"cfgs/yolov5s_w{f}.yaml" for f in (0.7, 0.5, 0.3)}
-    costs = {"n": 0.37, "w0.7": 0.74, "w0.5": 0.57, "w0.3": 0.43}
-    s = fs.Settings(budget=bf.DEFAULT_BUDGET)
+    widths = {f: f"cfgs/yolov5n_w{f}.yaml" for f in (0.7, 0.5, 0.3)}
+    costs = {"w0.7": 0.74, "w0.5": 0.57, "w0.3": 0.43}
+    s = fs.Settings(budget=fs.pipeline_budget())
     with_rows = fs.estimate_seconds(fs.build_plan(s, tmp_path, widths, costs), 40.0, bf.OTHER_SECONDS)
     without = fs.estimate_seconds(fs.build_plan(replace(s, layer_rows=False), tmp_path, widths, costs), 40.0,
                                   bf.OTHER_SECONDS)
@@ -429,3 +453,82 @@ def test_layer_rows_take_their_measured_flops_as_point_and_render_distinctly(tmp
     assert "| ours layers (3 residual blocks), plain | 0.904 |" in table and "ours layers+8x latency, plain" in table
     body = "\n".join(urr.render_frontier({"rows": rows, "settings": {}}))
     assert "ours layers (3 residual blocks), plain" in body and "ours layers+8x latency, plain" in body
+
+
+# ------------------------------------------------------------------------------------ following the pipeline
+def _flag(st: fs.Stage, flag: str) -> str:
+    return st.cmd[st.cmd.index(flag) + 1]
+
+
+def test_sparsity_stages_use_the_pipelines_sparsity_recipe(tmp_path):
+    by = {st.name: st for st in _plan(tmp_path, optimizer="AdamW", sp_optimizer="SGD", sp_hyp="sp.yaml",
+                                      hyp="scratch.yaml", ft_hyp="ft.yaml")}
+    for name in ("sparse_default", "sparse_latency", "tp_sparse"):  # ours and Torch-Pruning's regulariser
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("SGD", "sp.yaml"), name
+    for name in ("base", "scratch_src_s0", "scratch_w0.3_s0"):
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("AdamW", "scratch.yaml"), name
+    for name in ("ft_8x_latency_f0.3_plain_s0", "ft_layers_n3_plain_s0", "tp_ft_f0.3_plain_s0"):
+        assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("AdamW", "ft.yaml"), name
+
+
+def test_rows_follow_the_source_model_and_the_reference_cfgs(tmp_path):
+    s = _settings(cfg="models/yolov5s.yaml", reference_cfgs=("models/yolov5m.yaml", "models/yolov5n.yaml"))
+    widths = {0.7: str(tmp_path / "yolov5s_w0.4.yaml"), 0.3: str(tmp_path / "yolov5s_w0.19.yaml")}
+    stages = fs.build_plan(s, tmp_path, widths, {"yolov5m": 2.5, "yolov5n": 0.4, "w0.3": 0.3})
+    by = {st.name: st for st in stages}
+    assert by["base"].row["label"] == "yolov5s, pretraining only (4 epochs)"
+    assert _flag(by["base"], "--cfg") == "models/yolov5s.yaml" and by["scratch_src_s0"].row["label"] == "yolov5s"
+    for stem, cost in (("yolov5m", 2.5), ("yolov5n", 0.4)):
+        st = by[f"scratch_{stem}_s0"]
+        assert _flag(st, "--cfg") == f"models/{stem}.yaml" and st.row["label"] == stem and st.cost == cost
+        assert not st.row["reference"] and st.row["point"] is None and st.epochs == BUDGET.total
+        assert f"eval_scratch_{stem}_s0" in by
+    assert by["scratch_w0.3_s0"].row["label"] == "yolov5s width 0.19" and by["scratch_w0.3_s0"].cost == 0.3
+    assert by["scratch_w0.7_s0"].cost == 1.0  # no cost given: a source-model epoch
+    assert [st.name for st in stages if st.row.get("reference")] == ["scratch_src_s0"]
+    plain = _plan(tmp_path)
+    assert not any(st.name.startswith("scratch_yolov5") for st in plain)  # no reference cfgs by default
+    assert "prune_layers_n10" in {st.name for st in fs.build_plan(replace(s, cfg="models/yolov5m.yaml"),
+                                                                 tmp_path, widths, {})}  # blocks counted per cfg
+
+
+def test_settings_follow_the_pipeline_unless_overridden(monkeypatch):
+    monkeypatch.setattr(bf, "torch_pruning_available", lambda: False)
+    s = bf.make_settings(bf.parse_args([]))
+    d = fs.pipeline_defaults()
+    assert s.cfg == d["cfg"] == "models/yolov5n.yaml" and s.budget == fs.pipeline_budget() and s.reference_cfgs == ()
+    assert (s.optimizer, s.sp_optimizer, s.sp_hyp) == (d["optimizer"], d["sp_optimizer"], d["sp_hyp"])
+    s = bf.make_settings(bf.parse_args(["--cfg", "models/yolov5s.yaml", "--epochs-sparse", "3", "--optimizer", "SGD",
+                                        "--reference-cfgs", "models/yolov5n.yaml"]))
+    assert s.cfg == "models/yolov5s.yaml" and s.budget == fs.Budget(base=30, sparse=3, finetune=10)
+    assert (s.optimizer, s.sp_optimizer) == ("SGD", "SGD") and s.reference_cfgs == ("models/yolov5n.yaml",)
+    assert bf.make_settings(bf.parse_args(["--quick"])).budget == bf.QUICK_BUDGET
+    with pytest.raises(bf.UserError, match="source model"):
+        bf.make_settings(bf.parse_args(["--reference-cfgs", "models/yolov5s.yaml", "models/yolov5n.yaml"]))
+    with pytest.raises(bf.UserError, match="--reference-cfgs models/nothing.yaml"):
+        bf.make_settings(bf.parse_args(["--reference-cfgs", "models/nothing.yaml"]))
+    with pytest.raises(SystemExit):
+        bf.parse_args(["--reference-cfgs", "models/yolov5s.yaml", "other/yolov5s.yaml"])  # rows named by stem
+
+
+def test_plan_prints_the_time_per_source_model_epoch(tmp_path, capsys):
+    stages = [fs.Stage("a", "train", (), epochs=10, cost=0.5), fs.Stage("b", "eval", ())]
+    bf.print_plan(stages, tmp_path, 16.0, "yolov5n")
+    out = capsys.readouterr().out
+    assert "5 yolov5n-epoch equivalents" in out and "16 s per yolov5n epoch" in out
+    assert f"{(5 * 16 + bf.OTHER_SECONDS['eval']) / 3600:.2f} h" in out
+
+
+def test_torch_pruning_sparsity_stage_trains_with_the_engine(tmp_path):
+    """The Torch-Pruning sparsity stage's command (frontier_tp.py sparsity) runs on the training engine:
+    one epoch on 8 images at 64 px, and its regulariser is recorded in the checkpoint."""
+    pytest.importorskip("torch_pruning")
+    nc = len(bf.load_data_names("data/builtin.yaml"))
+    save_checkpoint(tmp_path / "base.pt", build_model(ROOT / "models" / "yolov5n.yaml", nc=nc), history=[])
+    s = fs.Settings(budget=fs.Budget(base=1, sparse=1, finetune=1), img=64, max_train_images=8, sp_optimizer="SGD")
+    (stage,) = [st for st in fs.tp_stages(s, tmp_path) if st.name == "tp_sparse"]
+    args = list(stage.cmd[2:])
+    args[args.index("--weights") + 1] = str(tmp_path / "base.pt")
+    assert frontier_tp.main(args) == 0
+    hist = torch.load(tmp_path / "tp_sparse" / "weights" / "last.pt", weights_only=False)["history"][-1]
+    assert hist["regulariser"].startswith("torch-pruning") and hist["scale"] == s.scale

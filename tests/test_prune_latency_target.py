@@ -267,6 +267,32 @@ def test_search_tightens_after_a_miss(nano, monkeypatch):
     assert choice.iterations[1]["goal"] < first["goal"]
 
 
+def test_search_loosens_after_pruning_far_more_than_asked(nano, monkeypatch):
+    """Pruned models run twice as fast as the profile predicts: the first model lands far under the
+    target; the search prunes less and keeps the least-pruned model that still meets it."""
+    monkeypatch.setattr(latency, "make_runner", FakeTimer(pruned_penalty=0.5))
+    bench = Bench("torch", "cpu", 1, 64)
+    profile = measure_profile(nano, bench, runs=1)
+    choice = meet_latency(nano, PruneOptions("3", layer_keep=0.01), LatencyTarget("latency", 0.6), bench,
+                          profile, rounds=3)
+    first = choice.iterations[0]
+    assert first["measured_ratio"] < 0.6 * (1 - latency.CLOSE_ENOUGH)
+    assert len(choice.iterations) >= 2 and choice.met
+    assert first["measured_ratio"] < choice.observed <= 0.6
+    assert choice.options.ratio < first["ratio"]
+    assert choice.observed == max(it["measured_ratio"] for it in choice.iterations if it["measured_ratio"] <= 0.6)
+
+
+@pytest.mark.parametrize("target, predicted, measured, goal", [
+    (0.5, 0.5, 0.5, 0.5),     # an exact profile keeps the goal
+    (0.6, 0.7, 0.1, 1 - 0.4 / 3),  # measured far faster than predicted: aim at a larger predicted fraction
+    (0.5, 0.5, 0.6, 0.375),   # measured slower: aim lower
+    (0.5, 1.0, 1.0, 0.5),     # nothing was pruned: no line to fit
+])
+def test_recalibrated_goal(target, predicted, measured, goal):
+    assert latency.recalibrated_goal(target, predicted, measured) == pytest.approx(goal)
+
+
 def test_search_in_milliseconds(nano, fake):
     bench = Bench("torch", "cpu", 1, 64)
     profile = measure_profile(nano, bench, runs=1)

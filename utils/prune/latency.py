@@ -22,9 +22,10 @@ is an error, never a silent re-use.
 (:func:`~utils.prune.pipeline.bisect_ratio`), builds that compact model, and times it against the
 original round-robin (:func:`compare`: per round one pass of each, the order alternating; the
 median of the paired per-round ratios is the measured ratio, spread as quartiles and min/max). A
-miss tightens the predicted goal by the observed miss (and :data:`TIGHTEN_MARGIN` more) and searches
-again, a few times at most. The
-target is declared unreachable only when the smallest model the per-layer floors allow, measured,
+miss (or a model more than :data:`CLOSE_ENOUGH` under the target: pruned far more than asked)
+maps the profile's predictions onto the measurements (:func:`recalibrated_goal`), aims
+:data:`TIGHTEN_MARGIN` under the target after a miss, and searches again, a few times at most; the
+least-pruned model that met the target is kept. The target is declared unreachable only when the smallest model the per-layer floors allow, measured,
 still misses it.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -66,6 +67,7 @@ ONNX_OPSET = 17
 # A miss tightens the predicted goal by the miss and this much more, so that a miss by the channel
 # rounding or by noise does not repeat in the next search.
 TIGHTEN_MARGIN = 0.02
+CLOSE_ENOUGH = 0.10  # a model this share (or less) under the target ends the search
 _PACKAGES = {"onnxruntime": ("onnxruntime", "pip install onnxruntime"),
              "openvino": ("openvino", "pip install openvino")}
 
@@ -484,24 +486,39 @@ def _unreachable(target: LatencyTarget, options: PruneOptions, bench: Bench, rat
         f"--include-upsample / --include-sppf)", best)
 
 
+def recalibrated_goal(target: float, predicted: float, measured: float) -> float:
+    """The predicted fraction that should measure ``target``: the profile's predictions mapped onto
+    measurements by the line through the original (predicted 1, measured 1) and the last model
+    built (``predicted``, ``measured``). Falls back to ``target`` when that model was not smaller."""
+    if predicted >= 1.0 or measured >= 1.0:
+        return target
+    slope = (1.0 - measured) / (1.0 - predicted)
+    return min(max(1.0 - (1.0 - target) / slope, 1e-6), 1.0)
+
+
 def meet_latency(model: Darknet, options: PruneOptions, target: LatencyTarget, bench: Bench,
-                 profile: LatencyProfile, rounds: int = 20, max_iterations: int = 3,
+                 profile: LatencyProfile, rounds: int = 20, max_iterations: int = 4,
                  log: Callable[[str], None] = lambda line: None) -> LatencyChoice:
-    """Prune ``model`` (left unchanged) to the smallest ratio whose compact model runs within
-    ``target`` on ``bench`` (see the module docstring). Raises :class:`LatencyUnreachable` when the
-    smallest model allowed, measured, misses; after ``max_iterations`` misses of a reachable target
-    the last model is returned with ``met=False``."""
+    """Prune ``model`` (left unchanged) to the least-pruned model that runs within ``target`` on
+    ``bench`` (see the module docstring): each model built is measured; a miss, or a model more than
+    :data:`CLOSE_ENOUGH` under the target, recalibrates the predicted goal
+    (:func:`recalibrated_goal`) and searches again. Raises :class:`LatencyUnreachable` when the
+    smallest model allowed, measured, misses; after ``max_iterations`` models the best one that met
+    the target is returned (or the last one, with ``met=False``)."""
     graph = analyse(model.to_cfg())
     state = model.state_dict()
     predicted = lambda masks: profile.fraction(channel_counts(graph, masks))  # noqa: E731
     goal = target.goal(profile.model_ms)
     iterations: list[dict[str, float]] = []
+    best: LatencyChoice | None = None
     for _ in range(max(max_iterations, 1)):
         try:
             ratio, fraction = bisect_ratio(graph, state, options, predicted, goal)
             floor = False
         except Unreachable as e:
             ratio, fraction, floor = e.ratio, e.fraction, True
+        if any(it["ratio"] == ratio for it in iterations):
+            break  # the recalibrated goal leads back to a model already measured
         chosen = options.with_ratio(ratio)
         result = prune(model, chosen)
         cmp = compare(model, result.model, bench, rounds)
@@ -511,9 +528,15 @@ def meet_latency(model: Darknet, options: PruneOptions, target: LatencyTarget, b
         log(f"{target.flag} {target.value:g}: {options.strategy.ratio_flag} {ratio} predicts {fraction:.3f} "
             f"of the original's time, measured {cmp.ratio:.3f} ({cmp.compact_median:.3f} ms against "
             f"{cmp.original_median:.3f} ms on {bench.describe()})")
-        if observed <= target.value:
-            return LatencyChoice(chosen, result, cmp, observed, True, iterations)
-        if floor:
+        met = observed <= target.value
+        if met and (best is None or observed > best.observed):
+            best = LatencyChoice(chosen, result, cmp, observed, True, iterations)
+        if met and observed >= target.value * (1.0 - CLOSE_ENOUGH):
+            break
+        if not met and floor:
             raise _unreachable(target, options, bench, ratio, cmp)
-        goal *= target.value / observed * (1.0 - TIGHTEN_MARGIN)  # tighten by the observed miss
+        wanted = target.goal(cmp.original_median) * (1.0 if met else 1.0 - TIGHTEN_MARGIN)
+        goal = recalibrated_goal(wanted, fraction, cmp.ratio)
+    if best is not None:
+        return replace(best, iterations=iterations)
     return LatencyChoice(chosen, result, cmp, observed, False, iterations)

@@ -1,6 +1,6 @@
 """The channels-last trade of ``train.py --channels-last`` on the CPU: BatchNorm precision vs step speed.
 
-    python benchmarks/bench_channels_last.py              # about 3 minutes on one thread
+    python benchmarks/bench_channels_last.py              # about 2-3 minutes on one thread
     python benchmarks/bench_channels_last.py --quick      # smoke run, JSON under runs/bench
 
 Everything runs in this one process with torch's intra-op (OpenMP) and inter-op threads pinned to one. Like the
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import platform
 import statistics
 import sys
 import time
@@ -164,6 +165,12 @@ def print_tables(report: dict) -> None:
         print(f"{row['size']:>5} | {t['default']:>9.3f} | {t['channels_last']:>9.3f} | {r[0]:>20} | {r[1]:>20}")
 
 
+def display_path(path: str) -> str:
+    """``path`` relative to the repository when inside it (reports do not record the checkout's location)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--precision-sizes", type=positive_int, nargs="+", default=[80, 160, 320],
@@ -200,8 +207,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                           "torch_interop_threads": torch.get_num_interop_threads(),
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "load_average": list(os.getloadavg())},
-              "settings": {k: v for k, v in vars(opt).items()} | {"cfg": str(CFG.relative_to(ROOT))},
+                          "python": platform.python_version(), "load_average": list(os.getloadavg())},
+              "shared_machine_note": "timed on a machine shared with other jobs; ratios are paired per "
+                                     "round, absolute step times vary with the load",
+              "settings": vars(opt) | {"cfg": str(CFG.relative_to(ROOT)), "json": display_path(opt.json)},
               "precision": [precision_row(stem(model), opt.batch, s) for s in opt.precision_sizes],
               "speed": [speed_row(model, opt.batch, s, opt.rounds, opt.warmup) for s in opt.speed_sizes]}
     report["machine"]["load_average_end"] = list(os.getloadavg())

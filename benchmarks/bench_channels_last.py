@@ -40,12 +40,15 @@ if str(ROOT) not in sys.path:  # run as a script: only benchmarks/ is on the pat
     sys.path.insert(0, str(ROOT))
 from machine import cpu_name, write_report  # noqa: E402  (benchmarks/ is on sys.path when these run)
 from models import build_model  # noqa: E402
-from utils.errors import nonneg_int, positive_int  # noqa: E402
+from utils.errors import cli_main, nonneg_int, positive_int  # noqa: E402
+from utils.general import check_img_size  # noqa: E402
 
 CFG = ROOT / "models" / "yolov5n.yaml"
 RESULTS = ROOT / "benchmarks" / "results" / "channels_last.json"
 QUICK_JSON = ROOT / "runs" / "bench" / "channels_last_quick.json"
 LAYOUTS = ("default", "channels_last")
+FULL = {"precision_sizes": [80, 160, 320], "speed_sizes": [160, 320], "batch": 16, "rounds": 40, "warmup": 2}
+QUICK = {"precision_sizes": [32, 64], "speed_sizes": [64], "batch": 4, "rounds": 2, "warmup": 1}
 
 
 # ------------------------------------------------------------------------------------ pure helpers
@@ -173,25 +176,30 @@ def display_path(path: str) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--precision-sizes", type=positive_int, nargs="+", default=[80, 160, 320],
-                   help="input sizes of the gradient-error rows")
-    p.add_argument("--speed-sizes", type=positive_int, nargs="+", default=[160, 320],
-                   help="input sizes of the step-time rows (multiples of 32)")
-    p.add_argument("--batch", type=positive_int, default=16)
-    p.add_argument("--rounds", type=positive_int, default=40, help="timed round-robin rounds per speed size")
-    p.add_argument("--warmup", type=nonneg_int, default=2, help="untimed steps per layout before the rounds")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, batch 4, 2 rounds")
+    p.add_argument("--precision-sizes", type=positive_int, nargs="+",
+                   help=f"input sizes of the gradient-error rows (default {FULL['precision_sizes']})")
+    p.add_argument("--speed-sizes", type=positive_int, nargs="+",
+                   help=f"input sizes of the step-time rows, rounded up to the model's stride "
+                        f"(default {FULL['speed_sizes']})")
+    p.add_argument("--batch", type=positive_int, help=f"default {FULL['batch']}")
+    p.add_argument("--rounds", type=positive_int, help=f"timed round-robin rounds per speed size "
+                                                       f"(default {FULL['rounds']})")
+    p.add_argument("--warmup", type=nonneg_int, help=f"untimed steps per layout before the rounds "
+                                                     f"(default {FULL['warmup']})")
+    p.add_argument("--quick", action="store_true", help=f"smoke run; defaults become {QUICK}")
     p.add_argument("--json", default=None, help=f"report path (default {RESULTS.relative_to(ROOT)}, "
                                                 f"--quick: {QUICK_JSON.relative_to(ROOT)})")
     opt = p.parse_args(argv)
-    if opt.quick:
-        opt.precision_sizes, opt.speed_sizes, opt.batch, opt.rounds, opt.warmup = [32, 64], [64], 4, 2, 1
+    for name, default in (QUICK if opt.quick else FULL).items():
+        if getattr(opt, name) is None:
+            setattr(opt, name, default)
     if opt.quick and opt.json and Path(opt.json).resolve().parent == RESULTS.parent:
         p.error(f"--json {opt.json}: --quick runs never write into {RESULTS.parent}")
     opt.json = opt.json or str(QUICK_JSON if opt.quick else RESULTS)
     return opt
 
 
+@cli_main
 def main(argv: Sequence[str] | None = None) -> int:
     opt = parse_args(argv)
     torch.set_num_threads(1)  # also OpenMP's thread count for torch's kernels
@@ -202,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(0)
     t0 = time.perf_counter()
     model = build_model(CFG)
+    stride = int(model.stride.max())
+    opt.speed_sizes = [check_img_size(s, stride, "--speed-sizes")[0] for s in opt.speed_sizes]
     report = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                           "torch_threads": torch.get_num_threads(),
                           "torch_interop_threads": torch.get_num_interop_threads(),

@@ -95,3 +95,19 @@ def test_quick_defaults_to_runs_bench_and_never_writes_results():
     assert Path(bcl.parse_args([]).json) == bcl.RESULTS
     with pytest.raises(SystemExit):
         bcl.parse_args(["--quick", "--json", str(bcl.RESULTS)])
+
+
+def test_flags_override_quick_speed_sizes_round_up_and_bad_flags_exit_2(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    out = tmp_path / "cl.json"
+    try:
+        assert bcl.main(["--quick", "--speed-sizes", "70", "--precision-sizes", "16", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    rep = json.loads(out.read_text())
+    assert [r["size"] for r in rep["speed"]] == [96]  # 70 rounded up to yolov5n's stride 32
+    assert [r["size"] for r in rep["precision"]] == [16]
+    assert rep["settings"]["batch"] == bcl.QUICK["batch"]
+    with pytest.raises(SystemExit) as e:
+        bcl.main(["--rounds", "0"])
+    assert e.value.code == 2 and "--rounds" in capsys.readouterr().err

@@ -139,8 +139,7 @@ def pipeline_intro(d: dict) -> list[str]:
         metric = {"flops": "FLOPs", "params": "parameters"}.get(tgt.get("metric"), tgt.get("metric"))
         parts.append(f"strategy {prune.get('strategy')} at ratio {prune.get('ratio')}"
                      + (f" (target: {tgt.get('target')} of the {metric})" if tgt else ""))
-    note = d.get("split_note") or ("accuracy on the val split" if "split" not in d else f"accuracy on the "
-                                                                                         f"{d['split']} split")
+    note = d.get("split_note") or f"accuracy on the {d.get('split', 'val')} split"  # older reports: val
     return [f"`scripts/run_pipeline.sh` on `{short_path(d.get('data'))}` at {d.get('img')} px"
             + (f": {', '.join(parts)}" if parts else "") + f". {note[:1].upper()}{note[1:]}. "
             "Latency: batch 1, BN fused, 1 thread.", ""]
@@ -343,8 +342,8 @@ def render_channels_last(d: dict) -> list[str]:
     for p in d.get("precision") or []:
         for layout in ("default", "channels_last"):
             e = p[layout]
-            prec.append([p["size"], layout.replace("_", "-"), f"{e['input']['max_abs']:.2e}",
-                         f"{e['input']['rel']:.2e}", f"{e['bn_weight']['max_abs']:.2e}", f"{e['bn_weight']['rel']:.2e}"])
+            prec.append([p["size"], layout.replace("_", "-")]
+                        + [f"{e[part][k]:.2e}" for part in ("input", "bn_weight") for k in ("max_abs", "rel")])
     speed = []
     for s in d.get("speed") or []:
         step, w, c = s.get("median_step_s") or {}, s["ratio_wall"], s.get("ratio_cpu") or {}

@@ -5,7 +5,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_pipeline  # noqa: E402
 import update_readme_results as urr  # noqa: E402
 
 
@@ -58,6 +60,26 @@ def test_pipeline_renders_controls_epochs_split_and_comparisons():
     assert "- reported: final CPU latency: 0.500" in body
     assert "- finetuned+distill vs finetuned: not compared" in body
     assert "PASS" not in body and "Targets:" not in body  # the comparisons replace the old targets
+
+
+def test_pipeline_verdicts_are_the_benchmarks_own():
+    d = new_pipeline()
+    body = _text(urr.render_pipeline(d))
+    for line in bench_pipeline.comparison_lines(d):  # "met       text", as bench_pipeline prints them
+        word, text = line.split(None, 1)
+        assert (f"- {word}: {text}" if word != "-" else f"- {text}") in body
+
+
+def test_readme_paths_and_print_mode(tmp_path, capsys):
+    assert urr.readme_path(urr.ROOT / "benchmarks" / "results" / "a.png") == "benchmarks/results/a.png"
+    assert urr.readme_path("/other/checkout/benchmarks/results/a.png") == "benchmarks/results/a.png"
+    assert urr.readme_path("/other/place/a.png") == "/other/place/a.png"
+    readme = tmp_path / "README.md"
+    readme.write_text("# t\n\n## Results\n\nold\n")
+    (tmp_path / "latency_target.json").write_text(json.dumps(latency_target()))
+    assert urr.main(["--readme", str(readme), "--results", str(tmp_path), "--print"]) == 0
+    assert "### Pruning to a latency target" in capsys.readouterr().out
+    assert readme.read_text() == "# t\n\n## Results\n\nold\n"  # --print changes nothing
 
 
 def test_pipeline_comparison_without_text_and_unmatched_epochs():

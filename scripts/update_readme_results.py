@@ -246,22 +246,26 @@ def render_sparsity(d: dict) -> list[str]:
 
 
 def _prune_latency_tables(d: dict, source: str, tables: set[str] | None) -> list[str]:
+    """One table per image size of the rows whose ``table`` is in ``tables`` (None: every row)."""
     lines = []
     for size, res in (d.get("sizes") or {}).items():
         rows = [[r["label"], f_ratio(r.get("params_ratio")), f_ratio(r.get("flops_ratio")), f_ms(r.get("latency_ms")),
                  f_ratio(r.get("latency_ratio"))] for r in res["rows"] if tables is None or r.get("table") in tables]
-        lines += [f"{source}, {size} px, batch 1, BN fused, 1 thread:", "",
-                  table(["model", "params ratio", "FLOPs ratio", "latency ms", "latency ratio"], rows), ""]
-    if d.get("shared_machine_note"):
-        lines += [f"Note: {d['shared_machine_note']}.", ""]
+        if rows:
+            lines += [f"{source}, {size} px, batch 1, BN fused, 1 thread:", "",
+                      table(["model", "params ratio", "FLOPs ratio", "latency ms", "latency ratio"], rows), ""]
     return lines
+
+
+def _shared_machine_note(d: dict) -> list[str]:
+    return [f"Note: {d['shared_machine_note']}.", ""] if d.get("shared_machine_note") else []
 
 
 def render_prune_latency(d: dict) -> list[str]:
     """benchmarks/bench_prune_latency.py: every row of every image size."""
     st = d.get("settings") or {}
     src = st.get("weights") or f"{Path(str(st.get('cfg'))).name} with artificially sparse gammas"
-    return _prune_latency_tables(d, src, None)
+    return _prune_latency_tables(d, src, None) + _shared_machine_note(d)
 
 
 def _latency_comparison(size: Any, c: dict) -> str:
@@ -285,7 +289,7 @@ def render_prune_latency_trained(d: dict) -> list[str]:
                if isinstance(res.get("comparison"), dict)]
     if summary:
         lines += ["Ours against Torch-Pruning at the same FLOPs (latency ratios to the original):", ""] + summary + [""]
-    return lines
+    return lines + _shared_machine_note(d)
 
 
 def render_prune_time(d: dict) -> list[str]:
@@ -362,9 +366,7 @@ def render_channels_last(d: dict) -> list[str]:
                          "ratio (CPU time) [p10, p90]"], speed), "",
                   "Ratios: channels-last / default, median of the per-round ratios (below 1: channels-last faster).",
                   ""]
-    if d.get("shared_machine_note"):
-        lines += [f"Note: {d['shared_machine_note']}.", ""]
-    return lines
+    return lines + _shared_machine_note(d)
 
 
 def _latency_target_row(r: dict) -> list[str]:

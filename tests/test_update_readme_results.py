@@ -183,6 +183,9 @@ def test_prune_latency_trained_shows_the_target_table_and_the_comparison():
     assert ("- 320 px: `ours: 8x --latency-aware` latency ratio 0.450 (FLOPs 0.450) vs Torch-Pruning BNScalePruner "
             "0.500 (FLOPs 0.450) = 0.90x Torch-Pruning's latency; aim 0.5175: met") in body
     assert "Ours against Torch-Pruning" not in _text(urr.render_prune_latency_trained(prune_latency(False)))
+    d = prune_latency()
+    d["sizes"]["640"] = {"rows": [_lat_row("original", "original", 1.0, 1.0)]}
+    assert "640 px" not in _text(urr.render_prune_latency_trained(d))  # no model at the target: no empty table
 
 
 def test_prune_latency_artificial_keeps_every_row():

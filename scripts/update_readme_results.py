@@ -4,8 +4,9 @@
     python scripts/update_readme_results.py --check   # exit 1 when README.md is out of date
     python scripts/update_readme_results.py --print   # print the generated section only
 
-Every known result file is optional (pipeline, sparsity, distill, compression, prune_latency,
-prune_time, throughput, onnx_latency, frontier): the section shows what exists, each part stating the machine
+Every known result file is optional (pipeline, sparsity, frontier, prune_latency_trained,
+latency_target, deploy, prune_latency, channels_last, prune_time, throughput, onnx_latency): the
+section shows what exists, each part stating the machine
 and the date it was measured on. Only figures stored in the files are shown; files that say they
 come from a ``--quick`` smoke run are left out (``--allow-quick`` shows them, marked as such).
 """
@@ -50,10 +51,6 @@ def f_ms(v: Any) -> str:
     return "-" if v is None else f"{float(v):.1f}"
 
 
-def f_s(v: Any) -> str:
-    return "-" if v is None else f"{float(v):.0f}"
-
-
 def epochs(n: Any) -> str:
     return f"{n} epoch{'' if str(n) == '1' else 's'}"
 
@@ -72,10 +69,28 @@ def table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def target_lines(targets: dict | None, ok: str = "PASS", bad: str = "FAIL") -> list[str]:
+def target_lines(targets: dict | None, ok: str = "met", bad: str = "NOT met") -> list[str]:
     if not targets:
         return []
     return ["Targets:", ""] + [f"- {ok if v else bad}: {k}" for k, v in targets.items()] + [""]
+
+
+def verdict(met: Any) -> str:
+    """A comparison's verdict as the pipeline report prints it."""
+    return "reported" if met is None else ("met" if met else "MISSED")
+
+
+def readme_path(p: Any) -> str:
+    """A file of the repository as a link from the README: relative to the checkout, also when the
+    file was written by another checkout (``.../benchmarks/results/x.png`` -> ``benchmarks/results/x.png``)."""
+    text = short_path(p)
+    marker = "/benchmarks/results/"
+    return text[text.index(marker) + 1:] if text.startswith("/") and marker in text else text
+
+
+def spread(mid: Any, lo: Any, hi: Any) -> str:
+    """``0.842 [0.768, 0.888]``: a median ratio with its p10/p90."""
+    return f"{f_ratio(mid)} [{f_ratio(lo)}, {f_ratio(hi)}]" if lo is not None and hi is not None else f_ratio(mid)
 
 
 # ------------------------------------------------------------------------------------ provenance
@@ -91,7 +106,7 @@ def machine_text(d: dict) -> str:
     cores = m.get("cpu_count", m.get("cores"))
     if cores:
         parts.append(f"{cores} cores")
-    threads = m.get("torch_threads", d.get("threads"))
+    threads = m.get("torch_threads", m.get("threads", d.get("threads")))
     if threads:
         parts.append(f"{threads} torch thread{'s' if int(threads) != 1 else ''}")
     if m.get("torch"):
@@ -109,7 +124,11 @@ def date_text(d: dict, path: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ renderers
-def render_pipeline(d: dict) -> list[str]:
+INT8_STAGE = "INT8 (ONNX Runtime)"  # the pipeline report's row of the quantized final model
+
+
+def pipeline_intro(d: dict) -> list[str]:
+    """What the pipeline ran: data, image size, each step's epochs, the prune settings, the split."""
     s = d.get("settings") or {}
     prune = s.get("prune") or {}
     parts = [f"{k} {epochs(s[k].get('epochs'))}" for k in ("base", "sparse", "finetune") if k in s]
@@ -120,89 +139,157 @@ def render_pipeline(d: dict) -> list[str]:
         metric = {"flops": "FLOPs", "params": "parameters"}.get(tgt.get("metric"), tgt.get("metric"))
         parts.append(f"strategy {prune.get('strategy')} at ratio {prune.get('ratio')}"
                      + (f" (target: {tgt.get('target')} of the {metric})" if tgt else ""))
-    lines = [f"`scripts/run_pipeline.sh` on `{short_path(d.get('data'))}` at {d.get('img')} px"
-             + (f": {', '.join(parts)}" if parts else "") + ". Latency: batch 1, BN fused, 1 thread.", ""]
+    note = d.get("split_note") or f"accuracy on the {d.get('split', 'val')} split"  # older reports: val
+    return [f"`scripts/run_pipeline.sh` on `{short_path(d.get('data'))}` at {d.get('img')} px"
+            + (f": {', '.join(parts)}" if parts else "") + f". {note[:1].upper()}{note[1:]}. "
+            "Latency: batch 1, BN fused, 1 thread.", ""]
+
+
+def pipeline_int8_note(stages: dict, split: str) -> list[str]:
+    """The INT8 row's runtime and its FP32 twin on that runtime, as the pipeline report states them."""
+    s = stages.get(INT8_STAGE)
+    f = (s or {}).get("fp32_runtime")
+    if not s or not f:
+        return []
+    other = s.get("split") and s["split"] != split
+    return [f"{INT8_STAGE}: latency measured with {s.get('runtime')} (1 thread, batch 1); the same model in FP32 "
+            f"there: {f_ms(f.get('cpu_ms'))} ms, mAP@.5 {f_map(f.get('mAP50'))}, mAP@.5:.95 "
+            f"{f_map(f.get('mAP50-95'))}" + (f"; its mAP is on the {s['split']} split, not {split}" if other else "")
+            + ".", ""]
+
+
+def pipeline_comparison_lines(d: dict) -> list[str]:
+    """The report's comparisons (``met|MISSED|reported``, never PASS) and what it could not compare;
+    reports written before comparisons existed: their targets."""
+    comps = d.get("comparisons") or []
+    if not comps and not d.get("not_compared"):
+        return target_lines(d.get("targets"), "met", "MISSED")
+    lines = [f"Comparisons on the {d.get('split', 'val')} split, each with its matched control:", ""]
+    for c in comps:
+        text = c.get("text") or c.get("line") or (f"{c.get('stage')} vs {c.get('control')}: "
+                                                   f"{c.get('metric', 'mAP50-95')} {f_delta(c.get('diff'))}")
+        unmatched = " (epochs NOT matched)" if c.get("matched") is False and "NOT matched" not in text else ""
+        lines.append(f"- {verdict(c.get('met'))}: {text}{unmatched}")
+    lines += [f"- {m}" for m in d.get("not_compared") or []]
+    if d.get("quick"):
+        lines.append("- (smoke run: far too short for these verdicts to mean anything)")
+    return lines + [""]
+
+
+def render_pipeline(d: dict) -> list[str]:
+    """benchmarks/bench_pipeline.py: every stage and control with its epochs, accuracy on the split
+    the report names, size and speed; then each comparison with its matched control."""
+    split = d.get("split", "val")  # reports before the split was recorded measured on val
     rows = []
     for name, st in d["stages"].items():
         r = st.get("ratio") or {}
-        rows.append([name, f_map(st["mAP50"]), f_map(st["mAP50-95"]), f_count(st["params"]),
-                     f_count(st["flops"], 1e9, "G"), f_ms(st.get("cpu_ms")), f_ratio(r.get("params")),
-                     f_ratio(r.get("flops")), f_ratio(r.get("cpu_ms"))])
-    lines += [table(["stage", "mAP@.5", "mAP@.5:.95", "params", "FLOPs", "CPU ms", "params ratio",
-                     "FLOPs ratio", "CPU latency ratio"], rows), ""]
+        rows.append([name, "-" if st.get("epochs") is None else st["epochs"], f_map(st["mAP50"]),
+                     f_map(st["mAP50-95"]), f_count(st["params"]), f_count(st["flops"], 1e9, "G"),
+                     f_ms(st.get("cpu_ms")), f_ratio(r.get("params")), f_ratio(r.get("flops")),
+                     f_ratio(r.get("cpu_ms"))])
+    lines = pipeline_intro(d)
+    lines += [table(["stage", "epochs", f"mAP@.5 ({split})", f"mAP@.5:.95 ({split})", "params", "FLOPs", "CPU ms",
+                     "params ratio", "FLOPs ratio", "CPU latency ratio"], rows), ""]
+    lines += pipeline_int8_note(d["stages"], split)
     timings = d.get("timings") or {}
     if timings:
         lines += ["Step times (s): " + ", ".join(f"{k} {v}" for k, v in timings.items()) + ".", ""]
-    return lines + target_lines(d.get("targets"), "met", "MISSED")
+    return lines + pipeline_comparison_lines(d)
+
+
+def _schedule(r: dict) -> str | None:
+    """The lr schedule / hyp file a sparsity row recorded, if any."""
+    parts = []
+    if r.get("lr_schedule"):
+        parts.append(str(r["lr_schedule"]))
+    elif r.get("cos_lr") is not None:
+        parts.append("cosine lr" if r["cos_lr"] else "linear lr")
+    if r.get("hyp"):
+        parts.append(Path(str(r["hyp"])).name)
+    return ", ".join(parts) or None
+
+
+def _scale(r: dict) -> str:
+    return f"{float(r['scale']):g}" if r.get("scale") else "off"
+
+
+def _sparsity_row(name: str, r: dict, rows: dict, with_schedule: bool) -> list[str]:
+    b = r.get("bimodality") or {}
+    ctrl = rows.get(r.get("control") or "")
+    bimodal = "-" if b.get("bimodal") is None else ("yes" if b["bimodal"] else "no")
+    out = [name, r.get("optimizer") or "-", _scale(r)] + ([_schedule(r) or "-"] if with_schedule else [])
+    return out + [f_ratio(r.get("gamma_mean")), f_pct(b.get("low_share")), f_pct(b.get("valley_share")),
+                  f_pct(b.get("high_share")), bimodal, f_map(r.get("mAP50-95")),
+                  f_delta(r["mAP50-95"] - ctrl["mAP50-95"]) if ctrl else "-"]
 
 
 def render_sparsity(d: dict) -> list[str]:
+    """benchmarks/bench_sparsity.py: baseline, the -sr run, its matched control and any --grid rows,
+    with the |gamma| bimodality and the accuracy difference to each row's matched control."""
     st = d.get("settings") or {}
-    rows = []
-    base = d["rows"]["baseline"]["mAP50"]
-    for name, r in d["rows"].items():
-        rows.append([name, f"{r['scale']:g}" if r.get("scale") else "off", f_ratio(r["gamma_mean"]),
-                     f_pct(r["gamma_lt_0.01"]), f_pct(r["gamma_lt_0.001"]), f_ratio(r["safe_ratio"]),
-                     f_map(r["mAP50"]), f_delta(r["mAP50"] - base), f_map(r["mAP50-95"])])
-    lines = [f"Sparsity training from the pipeline's baseline with and without `-sr` ({epochs(st.get('epochs'))}, "
-             f"{st.get('img')} px, batch {st.get('batch_size')}, nbs {st.get('nbs')}, {st.get('optimizer')}, "
-             f"seed {st.get('seed')}); |gamma| of the {len(d.get('layers') or [])} prunable layers of the saved "
-             f"weights.", ""]
-    lines += [table(["model", "-sr scale", "mean abs gamma", "gamma < 0.01", "gamma < 0.001", "safe ratio",
-                     "mAP@.5", "vs baseline", "mAP@.5:.95"], rows), ""]
-    return lines + target_lines(d.get("targets"))
+    rows = d["rows"]
+    with_schedule = any(_schedule(r) for r in rows.values())
+    split = f" ({d['split']})" if d.get("split") else ""
+    body = [_sparsity_row(name, r, rows, with_schedule) for name, r in rows.items()]
+    hyp = f", hyp `{Path(str(st['hyp'])).name}`" if st.get("hyp") else ""
+    lines = [f"Sparsity training from the pipeline's baseline with `-sr` and its matched control (the same training "
+             f"without `-sr`): {epochs(st.get('epochs'))}, {st.get('img')} px, batch {st.get('batch_size')}, nbs "
+             f"{st.get('nbs')}, {st.get('optimizer')}{hyp}, seed {st.get('seed')}; |gamma| of the "
+             f"{len(d.get('layers') or [])} prunable layers of the saved weights (pile near zero / valley / "
+             f"group of important channels); mAP on the {d.get('split', 'val')} split.", ""]
+    header = ["model", "optimizer", "-sr scale"] + (["lr schedule / hyp"] if with_schedule else [])
+    header += ["mean abs gamma", "pile", "valley", "group", "bimodal", f"mAP@.5:.95{split}", "vs matched control"]
+    lines += [table(header, body), ""] + target_lines(d.get("targets"))
+    if d.get("hist_png"):
+        lines += [f"![|gamma| of the -sr model and its matched control]({readme_path(d['hist_png'])})", ""]
+    return lines
 
 
-def render_distill(d: dict) -> list[str]:
-    refs, summ, per = d["references"], d["summary"], d["per_seed"]
-    base = refs["baseline"]["mAP50"]
-    seeds = d.get("seeds") or [r["seed"] for r in per["plain"]]
-    rows = [[name, "-", f_map(r["mAP50"]), f_map(r["mAP50-95"]), f_delta(r["mAP50"] - base), "-"]
-            for name, r in refs.items()]
-    for mode, label in (("plain", "finetuned, plain"), ("distill", "finetuned, distilled")):
-        s = summ[mode]
-        std = f" ± {s['mAP50_std']:.3f}" if s.get("mAP50_std") is not None else ""
-        rows.append([label, ", ".join(f_map(r["mAP50"]) for r in per[mode]), f_map(s["mAP50"]) + std,
-                     f_map(s["mAP50-95"]), f_delta(s["mAP50"] - base), f_s(s.get("wall_s"))])
-    st = d.get("settings") or {}
-    flops = d.get("pruned_flops_ratio")
-    lines = [f"Finetuning the pipeline's pruned model ({f_ratio(flops)} of the FLOPs) for {epochs(st.get('epochs'))}, "
-             f"plain and distilled from the sparse model, seeds {', '.join(map(str, seeds))} (mAP of `best.pt`; "
-             f"mean ± sample standard deviation).", ""]
-    lines += [table(["model", "mAP@.5 per seed", "mean mAP@.5", "mean mAP@.5:.95", "vs baseline",
-                     "mean train s"], rows), ""]
-    return lines + target_lines(d.get("targets"))
+def _prune_latency_tables(d: dict, source: str, tables: set[str] | None) -> list[str]:
+    """One table per image size of the rows whose ``table`` is in ``tables`` (None: every row)."""
+    lines = []
+    for size, res in (d.get("sizes") or {}).items():
+        rows = [[r["label"], f_ratio(r.get("params_ratio")), f_ratio(r.get("flops_ratio")), f_ms(r.get("latency_ms")),
+                 f_ratio(r.get("latency_ratio"))] for r in res["rows"] if tables is None or r.get("table") in tables]
+        if rows:
+            lines += [f"{source}, {size} px, batch 1, BN fused, 1 thread:", "",
+                      table(["model", "params ratio", "FLOPs ratio", "latency ms", "latency ratio"], rows), ""]
+    return lines
 
 
-def render_compression(d: dict) -> list[str]:
-    base = d["baseline"]["mAP50"]
-    rows = [["baseline (unpruned)", "-", "-", "1.000", "1.000", "-", "-", f_map(base), "-"]]
-    for r in d["rows"]:
-        target = f"FLOPs {r['target']:g}" if r["target_kind"] == "flops" else f"ratio {r['target']:g}"
-        rows.append([r["strategy"], target, f"{r['ratio']:.3g}" if r.get("ratio") is not None else "-",
-                     f_ratio(r["params_ratio"]), f_ratio(r["flops_ratio"]), f_map(r.get("mAP50_masked")),
-                     f_map(r.get("mAP50_compact")), f_map(r["mAP50_finetuned"]),
-                     f_delta(r["mAP50_finetuned"] - base)])
-    st = d.get("settings") or {}
-    lines = [f"The pipeline's sparse model pruned by each strategy at several sizes, then "
-             f"{'distilled and ' if d.get('distill') else ''}finetuned {epochs(st.get('epochs'))} with the "
-             f"pipeline's settings (mAP@.5 of `best.pt`; ratios: compact / unpruned).", ""]
-    return lines + [table(["strategy", "target", "prune ratio", "params ratio", "FLOPs ratio",
-                           "mAP@.5 masked", "mAP@.5 compact", "mAP@.5 finetuned", "vs baseline"], rows), ""]
+def _shared_machine_note(d: dict) -> list[str]:
+    return [f"Note: {d['shared_machine_note']}.", ""] if d.get("shared_machine_note") else []
 
 
 def render_prune_latency(d: dict) -> list[str]:
-    lines = []
+    """benchmarks/bench_prune_latency.py: every row of every image size."""
     st = d.get("settings") or {}
     src = st.get("weights") or f"{Path(str(st.get('cfg'))).name} with artificially sparse gammas"
-    for size, res in (d.get("sizes") or {}).items():
-        rows = [[r["label"], f_ratio(r.get("params_ratio")), f_ratio(r.get("flops_ratio")), f_ms(r.get("latency_ms")),
-                 f_ratio(r.get("latency_ratio"))] for r in res["rows"]]
-        lines += [f"{src}, {size} px, batch 1, BN fused, 1 thread:", "",
-                  table(["model", "params ratio", "FLOPs ratio", "latency ms", "latency ratio"], rows), ""]
-    if d.get("shared_machine_note"):
-        lines += [f"Note: {d['shared_machine_note']}.", ""]
-    return lines
+    return _prune_latency_tables(d, src, None) + _shared_machine_note(d)
+
+
+def _latency_comparison(size: Any, c: dict) -> str:
+    """One size's summary: our model's latency ratio against Torch-Pruning's at the same FLOPs."""
+    ours, tp = c.get("ours_latency_ratio"), c.get("torch_pruning_latency_ratio")
+    rel = f" = {float(ours) / float(tp):.2f}x Torch-Pruning's latency" if ours is not None and tp else ""
+    aim = (f"; aim {float(c['aim']):g}: {'met' if c.get('meets_aim') else 'NOT met'}"
+           if c.get("aim") is not None else "")
+    return (f"- {size} px: `{c.get('ours')}` latency ratio {f_ratio(ours)} (FLOPs {f_ratio(c.get('ours_flops_ratio'))})"
+            f" vs Torch-Pruning BNScalePruner {f_ratio(tp)} (FLOPs {f_ratio(c.get('torch_pruning_flops_ratio'))})"
+            f"{rel}{aim}")
+
+
+def render_prune_latency_trained(d: dict) -> list[str]:
+    """bench_prune_latency.py --weights <sparsity-trained model>: only the models pruned to the FLOPs
+    target, then ours against Torch-Pruning per image size."""
+    st = d.get("settings") or {}
+    target = f" pruned to {st['target_flops']:g} of the FLOPs" if st.get("target_flops") is not None else ""
+    lines = _prune_latency_tables(d, f"`{short_path(st.get('weights'))}`{target}", {"target"})
+    summary = [_latency_comparison(size, res["comparison"]) for size, res in (d.get("sizes") or {}).items()
+               if isinstance(res.get("comparison"), dict)]
+    if summary:
+        lines += ["Ours against Torch-Pruning at the same FLOPs (latency ratios to the original):", ""] + summary + [""]
+    return lines + _shared_machine_note(d)
 
 
 def render_prune_time(d: dict) -> list[str]:
@@ -251,6 +338,98 @@ def render_frontier(d: dict) -> list[str]:
     return lines
 
 
+def render_channels_last(d: dict) -> list[str]:
+    """benchmarks/bench_channels_last.py: gradient precision of each layout against a float64
+    reference, then the training-step speed ratio channels-last / default."""
+    st = d.get("settings") or {}
+    prec = []
+    for p in d.get("precision") or []:
+        for layout in ("default", "channels_last"):
+            e = p[layout]
+            prec.append([p["size"], layout.replace("_", "-")]
+                        + [f"{e[part][k]:.2e}" for part in ("input", "bn_weight") for k in ("max_abs", "rel")])
+    speed = []
+    for s in d.get("speed") or []:
+        step, w, c = s.get("median_step_s") or {}, s["ratio_wall"], s.get("ratio_cpu") or {}
+        speed.append([s["size"], f_ms(1e3 * step["default"]) if "default" in step else "-",
+                      f_ms(1e3 * step["channels_last"]) if "channels_last" in step else "-",
+                      spread(w.get("median"), w.get("p10"), w.get("p90")),
+                      spread(c.get("median"), c.get("p10"), c.get("p90"))])
+    lines = [f"`train.py --channels-last` on the CPU, `{short_path(st.get('cfg'))}`, batch {st.get('batch')}: "
+             f"float32 gradient errors against a float64 reference (the model's first two conv+BN+SiLU layers), "
+             f"then one training step, {st.get('rounds')} round-robin rounds.", ""]
+    if prec:
+        lines += [table(["px", "layout", "input grad max abs", "input grad rel", "BN weight grad max abs",
+                         "BN weight grad rel"], prec), ""]
+    if speed:
+        lines += [table(["px", "default step ms", "channels-last step ms", "ratio (wall) [p10, p90]",
+                         "ratio (CPU time) [p10, p90]"], speed), "",
+                  "Ratios: channels-last / default, median of the per-round ratios (below 1: channels-last faster).",
+                  ""]
+    return lines + _shared_machine_note(d)
+
+
+def _latency_target_row(r: dict) -> list[str]:
+    lat = (r.get("report") or {}).get("latency") or {}
+    fresh = r.get("fresh") or {}
+    if r.get("exit"):
+        met = f"prune failed (exit {r['exit']})"
+    elif "error" in fresh:
+        met = f"fresh timing failed: {fresh['error']}"
+    else:
+        met = "-" if r.get("met") is None else ("met" if r["met"] else "NOT met")
+    return [r.get("runtime"), r.get("img"), f"{float(r['target']):g}", f_ratio(lat.get("achieved")),
+            spread(fresh.get("ratio"), fresh.get("ratio_p10"), fresh.get("ratio_p90")), met]
+
+
+def _infeasible_line(bad: dict) -> list[str]:
+    if not bad:
+        return []
+    errors = bad.get("error_lines") or []
+    written = bad.get("written") or []
+    what = (f"exit {bad.get('exit')}, {len(errors)} error line(s), "
+            + (f"wrote {', '.join(written)}" if written else "nothing written")
+            + (", traceback shown" if bad.get("traceback") else ""))
+    quote = f": \"{errors[0]}\"" if errors else ""
+    return [f"An infeasible `--target-ms` ({'ok' if bad.get('ok') else 'NOT ok'}): {what}{quote}", ""]
+
+
+def render_latency_target(d: dict) -> list[str]:
+    """benchmarks/bench_latency_target.py: the ratio the prune script reported against a fresh
+    process's round-robin ratio per runtime, size and target; then the infeasible request."""
+    tol = d.get("tolerance")
+    rows = [_latency_target_row(r) for r in d["rows"]]
+    lines = [f"`slim_prune_yolov5s_8x.py --target-latency` on `{short_path(d.get('weights'))}`; then a new process "
+             f"times the original and the written model round-robin ({d.get('rounds')} rounds, 1 thread, batch 1); "
+             f"latency ratio compact / original, median [p10, p90]; met: the fresh ratio at most the target"
+             + (f" + {tol:g}" if tol is not None else "") + ".", ""]
+    lines += [table(["runtime", "px", "target", "ratio (prune script)", "ratio (fresh process) [p10, p90]", "met"],
+                    rows), ""]
+    return lines + _infeasible_line(d.get("infeasible") or {})
+
+
+def _deploy_row(key: str, r: dict) -> list[str]:
+    model, _, variant = key.partition(" / ")
+    runtime, _, precision = variant.rpartition(" ")
+    many = next((k for k in r if k.endswith(" threads") and isinstance(r[k], dict)), None)
+    size = r.get("size_mb")
+    return [model, runtime or variant, precision, f_map(r.get("mAP50")), f_map(r.get("mAP50-95")),
+            f_ms((r.get("1 thread") or {}).get("median_ms")), f_ms((r.get(many) or {}).get("median_ms")),
+            "-" if size is None else f"{float(size):.2f} MB"]
+
+
+def render_deploy(d: dict) -> list[str]:
+    """benchmarks/bench_deploy.py: baseline and pruned model on every runtime, FP32 and INT8."""
+    results = d["results"]
+    many = next((k for r in results.values() for k in r if k.endswith(" threads")), "all threads")
+    rows = [_deploy_row(k, r) for k, r in results.items()]
+    lines = [f"`{short_path(d.get('data'))}` at {d.get('img')} px; mAP on the {d.get('task', 'test')} split; INT8: "
+             f"QDQ calibrated on {d.get('calib')} train images, detection head FP32; latency: batch 1, median ms "
+             f"of {d.get('runs')} round-robin rounds per thread setting.", ""]
+    return lines + [table(["model", "runtime", "precision", "mAP@.5", "mAP@.5:.95", "ms 1 thread", f"ms {many}",
+                           "size"], rows), ""]
+
+
 def render_stored_table(key: str) -> Callable[[dict], list[str]]:
     """Files that store their own markdown table under ``key`` (or ``table``)."""
     def render(d: dict) -> list[str]:
@@ -265,13 +444,15 @@ def render_stored_table(key: str) -> Callable[[dict], list[str]]:
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "pipeline": ("The five-step pipeline", render_pipeline),
     "sparsity": ("Sparsity training with and without -sr", render_sparsity),
-    "distill": ("Finetuning: plain vs distilled", render_distill),
-    "compression": ("Accuracy vs compression", render_compression),
-    "prune_latency": ("CPU latency of pruned models", render_prune_latency),
+    "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
+    "prune_latency_trained": ("CPU latency of pruned models: a sparsity-trained yolov5s", render_prune_latency_trained),
+    "latency_target": ("Pruning to a latency target", render_latency_target),
+    "deploy": ("Deployment: runtimes and INT8", render_deploy),
+    "prune_latency": ("CPU latency of pruned models: artificially sparse gammas (speed only)", render_prune_latency),
+    "channels_last": ("Channels-last training on the CPU: precision and speed", render_channels_last),
     "prune_time": ("Prune step time and memory", render_prune_time),
     "throughput": ("Training and evaluation throughput", render_stored_table("table_markdown")),
     "onnx_latency": ("ONNX Runtime CPU latency", render_stored_table("table")),
-    "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
 }
 
 

@@ -132,8 +132,8 @@ def _add_latency_aware_flags(p: argparse.ArgumentParser, s: Strategy) -> None:
     parts = " ".join(PruneOptions.latency_flags())
     p.add_argument("--latency-aware", action="store_true",
                    help=f"prune for CPU latency: the same as {parts} (every part applies to every strategy; "
-                   f"on a sparsity-trained yolov5s at 0.45 of the FLOPs, 1 thread, it ran in 0.58-0.59 of the "
-                   f"original's time against 0.63-0.67 with the defaults); a part given explicitly wins "
+                   f"on a sparsity-trained yolov5s at 0.45 of the FLOPs, 1 thread, it ran in 0.45/0.43 of the "
+                   f"original's time at 320/640 px against 0.52/0.48 with the defaults); a part given explicitly wins "
                    f"(--round-to 8, --no-cost-aware, --no-include-sppf). Sparsity-train with train_sparsity.py "
                    f"--include-upsample --include-sppf so that the extra convs are regularised")
     p.add_argument("--include-upsample", action=argparse.BooleanOptionalAction, default=None,

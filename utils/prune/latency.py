@@ -39,7 +39,7 @@ import statistics
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -538,5 +538,5 @@ def meet_latency(model: Darknet, options: PruneOptions, target: LatencyTarget, b
         wanted = target.goal(cmp.original_median) * (1.0 if met else 1.0 - TIGHTEN_MARGIN)
         goal = recalibrated_goal(wanted, fraction, cmp.ratio)
     if best is not None:
-        return replace(best, iterations=iterations)
+        return best  # its iterations are the list above: every model the search measured
     return LatencyChoice(chosen, result, cmp, observed, False, iterations)

@@ -124,9 +124,9 @@ class PruneOptions:
     """
 
     # --latency-aware: the parts it turns on, by setting name (the flags: LATENCY_FLAGS). On a
-    # sparsity-trained yolov5s pruned to 0.45 of the FLOPs (strategy 8x, 1 thread, BN fused, 320/640 px)
-    # the latency ratio was 0.63/0.67 with the defaults, 0.59/0.61 with --round-to 16 alone and
-    # 0.58/0.59 with all four (Torch-Pruning's BNScalePruner: 0.61/0.63), at about equal mAP@.5.
+    # sparsity-trained yolov5s pruned to 0.45 of the FLOPs (strategy 8x, 1 thread, BN fused, 320/640 px;
+    # benchmarks/results/prune_latency_trained.json) the latency ratio was 0.515/0.479 with the
+    # defaults and 0.453/0.432 with all four (Torch-Pruning's BNScalePruner: 0.519/0.479).
     LATENCY_AWARE: ClassVar[Mapping[str, Any]] = MappingProxyType(
         {"cost_aware": True, "round_to": 16, "include_upsample": True, "include_sppf": True})
     # setting name -> the command-line flag of each part

@@ -5,7 +5,10 @@ A stage is one command of the project's CLIs (``train.py``, ``train_sparsity.py`
 when it exits 0 the runner writes ``<root>/<stage>/frontier_done.json`` (command, wall time, date
 and a fingerprint of the command and of everything upstream of it). A stage whose marker has the
 planned fingerprint is skipped; any other stage folder (a crash, or a run with other settings)
-is deleted and rerun, so re-running the benchmark continues where it stopped. Commands may hold placeholders resolved
+is deleted and rerun, so re-running the benchmark continues where it stopped; a training stage
+(``train.py``, ``train_sparsity.py``, ``prune_finetune.py``) cut short after its first epoch resumes
+from its ``last.pt`` with the engine's exact ``--resume`` when it was started with the planned
+fingerprint (``frontier_started.json``). Commands may hold placeholders resolved
 when the stage starts: ``{teacher}`` (the unpruned source-model checkpoint with the best val mAP),
 ``{pruned:<stage>}`` (the checkpoint a prune stage wrote) and ``{layer_target:<stage>:<point>}`` (the
 ``--target-flops`` of a channel step after ``--layers N`` that lands the whole at ``point`` of the
@@ -36,6 +39,9 @@ from utils.prune.cli import build_parser, resolve_latency_aware
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_SCRIPT = ROOT / "scripts" / "run_pipeline.sh"
 DONE = "frontier_done.json"
+STARTED = "frontier_started.json"
+# the scripts whose runs the engine can resume exactly from their last.pt (--resume)
+RESUMABLE = ("train.py", "train_sparsity.py", "prune_finetune.py")
 
 # The option sets of "ours": name -> extra prune flags. One place: add a set here and every strategy,
 # FLOPs point and finetuning mode gets its rows.
@@ -418,7 +424,10 @@ def fingerprints(stages: Sequence[Stage]) -> dict[str, str]:
 
 
 def _marker(root: Path, name: str) -> dict | None:
-    path = root / name / DONE
+    return _read_json(root / name / DONE)
+
+
+def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text()) if path.is_file() else None
     except (OSError, json.JSONDecodeError):
@@ -488,16 +497,42 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def start(stage: Stage, cmd: list[str], root: Path) -> tuple[subprocess.Popen, float]:
-    """Start a stage (a fresh folder, output in ``<root>/<stage>.log``)."""
+def resume_point(stage: Stage, folder: Path, fingerprint: str) -> Path | None:
+    """The ``last.pt`` to resume ``stage`` from: a training stage started with ``fingerprint`` (its
+    started-marker says so) whose last epoch's checkpoint is unfinished; None: start afresh."""
+    last = folder / "weights" / "last.pt"
+    started = _read_json(folder / STARTED) or {}
+    if (len(stage.cmd) < 2 or stage.cmd[1] not in RESUMABLE or started.get("fingerprint") != fingerprint
+            or not last.is_file()):
+        return None
+    from models import load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(last, verbose=False)
+    except Exception:  # noqa: BLE001 - a checkpoint cut short or unreadable: start afresh
+        return None
+    return last if ckpt.get("optimizer") is not None and ckpt.get("epoch", -1) >= 0 else None
+
+
+def start(stage: Stage, cmd: list[str], root: Path, fingerprint: str = "") -> tuple[subprocess.Popen, float]:
+    """Start a stage: resume its interrupted training (``resume_point``) or start in a fresh folder;
+    output in ``<root>/<stage>.log``."""
     folder = root / stage.name
-    if folder.exists():
-        shutil.rmtree(folder)  # an unfinished earlier attempt; the engine would append to its files
-    folder.mkdir(parents=True)
     log = root / f"{stage.name}.log"
-    print(f"==> [{stage.name}] {' '.join(cmd)}   (log: {log})", flush=True)
-    with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
+    last = resume_point(stage, folder, fingerprint) if folder.exists() else None
+    if last is not None:
+        run = [cmd[0], stage.cmd[1], "--resume", str(last)]
+        print(f"==> [{stage.name}] resuming {last}: {' '.join(run)}   (log: {log})", flush=True)
+        mode = "a"
+    else:
+        if folder.exists():
+            shutil.rmtree(folder)  # an unfinished earlier attempt; the engine would append to its files
+        folder.mkdir(parents=True)
+        (folder / STARTED).write_text(json.dumps({"cmd": cmd, "fingerprint": fingerprint}, indent=2))
+        run, mode = cmd, "w"
+        print(f"==> [{stage.name}] {' '.join(cmd)}   (log: {log})", flush=True)
+    with open(log, mode) as f:
+        proc = subprocess.Popen(run, cwd=ROOT, env=subprocess_env(), stdout=f, stderr=subprocess.STDOUT)
     return proc, time.perf_counter()
 
 
@@ -556,7 +591,7 @@ def run_stages(stages: Sequence[Stage], root: Path, teacher: Callable[[], str], 
                 out.failed[st.name] = f"stage {st.name} could not start: {e}"
                 print(out.failed[st.name], flush=True)
                 continue
-            running[st.name] = (st, cmd, *start(st, cmd, root))
+            running[st.name] = (st, cmd, *start(st, cmd, root, fps[st.name]))
         if not running:
             if todo and not any(set(out.failed).intersection(st.needs) for st in todo):
                 raise RuntimeError(f"stages {[st.name for st in todo]} wait for stages that are not planned")

@@ -142,6 +142,35 @@ def test_runner_resumes_and_resolves_placeholders(tmp_path):
     assert set(fs.run_stages(stages, tmp_path, lambda: "T.pt", poll_s=0.05).walls) == {"other"}
 
 
+def test_an_interrupted_training_stage_resumes_from_its_last_pt(tmp_path, monkeypatch):
+    model = build_model(ROOT / "models" / "yolov5n.yaml", nc=2)
+    st = fs.Stage("scratch", "train", (sys.executable, "train.py", "--epochs", "5"))
+    folder, log = tmp_path / "scratch", tmp_path / "scratch.log"
+    calls = []
+
+    class Popen:
+        def __init__(self, cmd, **kw):
+            calls.append(list(cmd))
+
+    monkeypatch.setattr(fs.subprocess, "Popen", Popen)
+    fs.start(st, list(st.cmd), tmp_path, "fp1")  # a fresh start records its fingerprint
+    assert calls[-1] == list(st.cmd) and json.loads((folder / fs.STARTED).read_text())["fingerprint"] == "fp1"
+    assert fs.resume_point(st, folder, "fp1") is None  # no last.pt yet
+    last = folder / "weights" / "last.pt"
+    save_checkpoint(last, model, epoch=2, optimizer={"state": {}})
+    assert fs.resume_point(st, folder, "fp1") == last
+    assert fs.resume_point(st, folder, "fp2") is None  # started with other settings
+    assert fs.resume_point(fs.Stage("p", "prune", (sys.executable, "slim_prune_yolov5s.py")), folder, "fp1") is None
+    log.write_text("epochs 0-2\n")
+    fs.start(st, list(st.cmd), tmp_path, "fp1")
+    assert calls[-1] == [sys.executable, "train.py", "--resume", str(last)]
+    assert last.is_file() and log.read_text().startswith("epochs 0-2")  # nothing deleted, the log continues
+    save_checkpoint(last, model, epoch=-1, optimizer=None)  # finished (stripped): nothing to resume
+    assert fs.resume_point(st, folder, "fp1") is None
+    fs.start(st, list(st.cmd), tmp_path, "fp2")
+    assert calls[-1] == list(st.cmd) and not last.exists()  # a fresh folder
+
+
 def test_runner_failure_skips_what_needs_it_and_keeps_going(tmp_path):
     stages = [fs.Stage("bad", "train", _py("import sys; print('boom'); sys.exit(3)")),
               fs.Stage("after", "train", _py("pass"), needs=("bad",)),

@@ -110,6 +110,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stages", nargs="+", default=None, metavar="GLOB",
                    help="run only the stages matching these globs (and what they need); no report")
     p.add_argument("--plan", action="store_true", help="print the stages and the predicted time, run nothing")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: time and report the rows whose test evaluation has finished (the planned "
+                        "rows without one are listed as missing in the result)")
     p.add_argument("--epoch-seconds", type=positive_float, default=EPOCH_SECONDS,
                    help="seconds of one source-model epoch, for the predicted time (the default is yolov5n's)")
     p.add_argument("--rounds", type=positive_int, default=30, help="round-robin latency rounds")
@@ -349,6 +352,67 @@ def measure_latency(rows: list[dict], root: Path, img: int, rounds: int, warmup:
         r.update(onnx_ms=t["ms"], onnx_ratio=t["ratio"])
 
 
+# ------------------------------------------------------------------------------------ comparisons
+def _at(rows: Sequence[dict], method: str, point: float) -> dict | None:
+    return next((r for r in rows if r.get("method") == method and r.get("point") is not None
+                 and abs(r["point"] - point) < 1e-9), None)
+
+
+def _versus(ours: dict, other: dict, control: str) -> dict:
+    """Signed differences ``ours - other`` (mAP) and both latency ratios."""
+    out = {"control": control, "label": other["label"]}
+    for key in ("mAP50-95", "mAP50"):
+        out[f"delta_{key}"] = ours[key] - other[key]
+    for key in ("flops_ratio", "cpu_ratio", "onnx_ratio"):
+        out[key] = other.get(key)
+    out["verdict"] = "met" if out["delta_mAP50-95"] >= 0 else "MISSED"
+    return out
+
+
+def comparisons(rows: Sequence[dict], points: Sequence[float], ours_method: str,
+                layers_method: str = fs.LAYER_METHOD) -> list[dict]:
+    """Per FLOPs point: the pipeline's default result (``ours_method``) against the smaller model
+    trained from scratch and against Torch-Pruning (met: test mAP@.5:.95 at least theirs), and
+    block + channel pruning against channel pruning alone. Rivals that did not run are left out."""
+    out = []
+    for point in points:
+        ours = _at(rows, ours_method, point)
+        if ours is None:
+            continue
+        entry = {"point": point, "ours": ours["label"], "mAP50-95": ours["mAP50-95"], "mAP50": ours["mAP50"],
+                 "flops_ratio": ours.get("flops_ratio"), "cpu_ratio": ours.get("cpu_ratio"),
+                 "onnx_ratio": ours.get("onnx_ratio"), "versus": []}
+        for control, method in (("smaller model trained from scratch", "trained from scratch"),
+                                ("Torch-Pruning", "Torch-Pruning BNScalePruner")):
+            other = _at(rows, method, point)
+            if other is not None:
+                entry["versus"].append(_versus(ours, other, control))
+        layers = _at(rows, layers_method, point)
+        if layers is not None:
+            entry["layers"] = {**_versus(layers, ours, "channel pruning alone"), "layers_label": layers["label"],
+                               "layers_cpu_ratio": layers.get("cpu_ratio"), "layers_onnx_ratio": layers.get("onnx_ratio"),
+                               "layers_flops_ratio": layers.get("flops_ratio")}
+        out.append(entry)
+    return out
+
+
+def format_comparisons(comps: Sequence[dict]) -> list[str]:
+    """One line per rival and FLOPs point (signed, with its control)."""
+    lines = []
+    for c in comps:
+        for v in c["versus"]:
+            lines.append(f"{c['point']:g} FLOPs: {c['ours']} {c['mAP50-95']:.3f} vs {v['label']} "
+                         f"{c['mAP50-95'] - v['delta_mAP50-95']:.3f}: {v['delta_mAP50-95']:+.3f} mAP@.5:.95 "
+                         f"({v['verdict']}); CPU ratio {c['cpu_ratio']:.3f} vs {v['cpu_ratio']:.3f}, "
+                         f"ONNX {c['onnx_ratio']:.3f} vs {v['onnx_ratio']:.3f}")
+        if "layers" in c:
+            v = c["layers"]
+            lines.append(f"{c['point']:g} FLOPs: {v['layers_label']} vs {c['ours']}: {v['delta_mAP50-95']:+.3f} "
+                         f"mAP@.5:.95; CPU ratio {v['layers_cpu_ratio']:.3f} vs {c['cpu_ratio']:.3f}, "
+                         f"ONNX {v['layers_onnx_ratio']:.3f} vs {c['onnx_ratio']:.3f}")
+    return lines
+
+
 # ------------------------------------------------------------------------------------ output
 def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.3f}" + ("" if std is None else f" ± {std:.3f}")
@@ -421,6 +485,8 @@ def output_paths(opt: argparse.Namespace) -> tuple[Path, Path]:
 def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], root: Path) -> dict:
     """Test mAPs, sizes and latencies of every row, the val curves, the stage times."""
     rows = collect_rows(stages, root)
+    done = fs.done_stages(stages, root)
+    missing = [st.name for st in stages if st.row and f"eval_{st.name}" not in done]
     walls = fs.stage_walls(stages, root)
     measure_latency(rows, root, s.img, opt.rounds, opt.warmup)
     measured_points(rows)
@@ -428,12 +494,14 @@ def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], 
     for line in warnings:
         print(line)
     table = format_table(rows)
+    comps = comparisons(rows, s.flops, fs.pipeline_method())
     curves = {name: curve(root / name / "results.csv") for name in fs.teacher_stages(s)}
     return {"benchmark": "frontier", "quick": bool(opt.quick), "date": ac.now(), "machine": ac.machine_info(),
             "settings": {**asdict(s), "total_epochs": s.budget.total}, "root": str(root),
             "teacher": teacher_picker(root, s, stages)() if any("distill" in r["method"] for r in rows) else None,
             "torch_pruning": TP_VERSION if s.torch_pruning else None, "curves": curves, "rows": rows,
-            "stage_wall_s": walls, "table_markdown": table, "warnings": warnings,
+            "stage_wall_s": walls, "table_markdown": table, "warnings": warnings, "missing_rows": missing,
+            "pipeline_method": fs.pipeline_method(), "comparisons": comps,
             "baseline_epoch_s": walls["base"] / s.budget.base if "base" in walls else None}
 
 
@@ -456,12 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opt.plan:
         return 0
     t0 = time.perf_counter()
-    run = fs.run_stages(stages, root, teacher_picker(root, s, stages), opt.parallel, on_done=plateau_note(root))
+    if opt.report_only:
+        run = fs.RunResult()
+    else:
+        run = fs.run_stages(stages, root, teacher_picker(root, s, stages), opt.parallel, on_done=plateau_note(root))
     for name, err in run.failed.items():
         print(f"FAILED {name}: {err.splitlines()[0]}")
     if run.skipped:
         print(f"left out because a stage they need failed: {', '.join(run.skipped)}")
-    if opt.stages:
+    if opt.stages and not opt.report_only:
         return 1 if run.failed else 0
     reference = [st for st in stages if st.row.get("reference")]
     if not reference or not {st.name for st in reference} <= fs.done_stages(stages, root):
@@ -471,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     result.update(wall_s=time.perf_counter() - t0, failed_stages=run.failed, skipped_stages=run.skipped)
     json_path, png_path = output_paths(opt)
     print("\n" + result["table_markdown"] + "\n")
+    for line in format_comparisons(result["comparisons"]):
+        print(line)
+    if result["missing_rows"]:
+        print(f"rows not run yet (no test evaluation): {', '.join(result['missing_rows'])}")
     for name, c in result["curves"].items():
         if c:
             print(f"{name}: val mAP@.5:.95 best at epoch {c['best_epoch']} of {len(c['mAP50-95'])}, last-quarter "

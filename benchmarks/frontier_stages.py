@@ -55,6 +55,7 @@ SPARSITY_SHARED = tuple(EXTRA_LAYERS.values())
 # the option set of the layer-pruning rows (the combination the pipeline defaults to) and their strategy
 LAYER_OPTION_SET = "latency"
 LAYER_STRATEGY = "8x"
+LAYER_METHOD = f"ours layers+{LAYER_STRATEGY} {LAYER_OPTION_SET}"
 # the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
 PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
 # pipeline variable -> Settings field (scripts/run_pipeline.sh holds the defaults users get); the
@@ -143,6 +144,13 @@ def pipeline_defaults(text: str | None = None) -> dict[str, str]:
     Settings / Budget field (empty or unresolved values left out)."""
     found = pipeline_variables(PIPELINE_SCRIPT.read_text() if text is None else text)
     return {PIPELINE_VARS[k]: v for k, v in found.items() if k in PIPELINE_VARS and v and not v.startswith("$")}
+
+
+def pipeline_method(text: str | None = None) -> str:
+    """The frontier method that is the pipeline's default result: its STRATEGY with the option set
+    LATENCY_AWARE picks (its final model is the plain finetune: see scripts/run_pipeline.sh)."""
+    found = pipeline_variables(PIPELINE_SCRIPT.read_text() if text is None else text)
+    return f"ours {found.get('STRATEGY', '8x')} {'latency' if found.get('LATENCY_AWARE', '1') == '1' else 'default'}"
 
 
 def pipeline_budget(text: str | None = None) -> Budget:
@@ -321,7 +329,7 @@ def layer_stages(s: Settings, root: Path) -> list[Stage]:
     out += _plain_finetunes(s, root, layers, f"layers_n{n}", kept + 0.15,
                             {"method": "ours layers", "label": f"ours layers ({n} residual blocks), plain",
                              "point": None, "point_from_flops": True})
-    method = f"ours layers+{LAYER_STRATEGY} {LAYER_OPTION_SET}"
+    method = LAYER_METHOD
     for point in s.flops:
         key = f"layers{LAYER_STRATEGY}_{LAYER_OPTION_SET}_f{_fmt(point)}"
         out.append(Stage(f"prune_{key}", "prune", (

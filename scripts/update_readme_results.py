@@ -333,8 +333,39 @@ def render_frontier(d: dict) -> list[str]:
     if d.get("curves"):
         lines.append("")
     lines += [f"- {w}" for w in d.get("warnings") or []] + ([""] if d.get("warnings") else [])
+    lines += _frontier_comparisons(d)
+    if d.get("missing_rows"):
+        lines += [f"Not run yet (planned, no test evaluation): {', '.join(f'`{m}`' for m in d['missing_rows'])}.", ""]
     if d.get("plot"):
         lines += [f"![test mAP@.5:.95 against CPU latency]({short_path(d['plot'])})", ""]
+    return lines
+
+
+def _frontier_comparisons(d: dict) -> list[str]:
+    """The pipeline's default result against each rival at each FLOPs point, and block + channel
+    pruning against channel pruning alone (test mAP@.5:.95, signed; latency ratios to the source model)."""
+    comps = d.get("comparisons") or []
+    rivals = [c for c in comps if c.get("versus")]
+    lines = []
+    if rivals:
+        lines += [f"The pipeline's default result (`{d.get('pipeline_method')}`, plain finetune) against the "
+                  f"alternatives at the same FLOPs point (test mAP@.5:.95, ours minus theirs; met: at least theirs):", ""]
+        body = [[f"{c['point']:g}", v["label"], f_delta(v["delta_mAP50-95"]), f_delta(v["delta_mAP50"]), v["verdict"],
+                 f"{f_ratio(c.get('cpu_ratio'))} vs {f_ratio(v.get('cpu_ratio'))}",
+                 f"{f_ratio(c.get('onnx_ratio'))} vs {f_ratio(v.get('onnx_ratio'))}"]
+                for c in rivals for v in c["versus"]]
+        lines += [table(["FLOPs point", "control", "Δ mAP@.5:.95", "Δ mAP@.5", "verdict", "CPU ratio ours vs theirs",
+                         "ONNX ratio ours vs theirs"], body), ""]
+    layers = [c for c in comps if c.get("layers")]
+    if layers:
+        lines += ["Residual blocks and channels removed (`layers+8x`) against channels alone (the pipeline's default) "
+                  "at the same FLOPs point:", ""]
+        body = [[f"{c['point']:g}", f_delta(v["delta_mAP50-95"]), f_delta(v["delta_mAP50"]),
+                 f"{f_ratio(v.get('layers_cpu_ratio'))} vs {f_ratio(c.get('cpu_ratio'))}",
+                 f"{f_ratio(v.get('layers_onnx_ratio'))} vs {f_ratio(c.get('onnx_ratio'))}"]
+                for c in layers for v in [c["layers"]]]
+        lines += [table(["FLOPs point", "Δ mAP@.5:.95 (blocks+channels minus channels)", "Δ mAP@.5",
+                         "CPU ratio blocks+channels vs channels", "ONNX ratio blocks+channels vs channels"], body), ""]
     return lines
 
 

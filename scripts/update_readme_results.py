@@ -56,10 +56,20 @@ def epochs(n: Any) -> str:
 
 
 def short_path(p: Any) -> str:
-    """Paths inside the repository relative to it (results are read on other checkouts too)."""
+    """Paths inside the repository relative to it (results are read on other checkouts too); a
+    path into another checkout from its ``benchmarks/``, ``runs/`` or ``data/`` folder on; any other absolute path
+    as its last three parts (the machine's folders mean nothing to a reader)."""
     text = str(p)
     root = str(ROOT) + "/"
-    return text[len(root):] if text.startswith(root) else text
+    if text.startswith(root):
+        return text[len(root):]
+    if not text.startswith("/"):
+        return text
+    for top in ("/benchmarks/", "/runs/", "/data/"):
+        if top in text:
+            return text[text.rindex(top) + 1:]
+    parts = Path(text).parts
+    return text if len(parts) <= 4 else ".../" + "/".join(parts[-3:])
 
 
 def table(header: Sequence[str], rows: list[Sequence[Any]]) -> str:

@@ -74,6 +74,10 @@ def test_readme_paths_and_print_mode(tmp_path, capsys):
     assert urr.readme_path(urr.ROOT / "benchmarks" / "results" / "a.png") == "benchmarks/results/a.png"
     assert urr.readme_path("/other/checkout/benchmarks/results/a.png") == "benchmarks/results/a.png"
     assert urr.readme_path("/other/place/a.png") == "/other/place/a.png"
+    assert urr.short_path("/w/other/data/builtin.yaml") == "data/builtin.yaml"  # another checkout's data
+    assert urr.short_path("/w/x/runs/study/s/weights/last.pt") == "runs/study/s/weights/last.pt"
+    assert urr.short_path("/scratch/a/b/weights/last.pt") == ".../b/weights/last.pt"
+    assert urr.short_path("models/yolov5n.yaml") == "models/yolov5n.yaml"
     readme = tmp_path / "README.md"
     readme.write_text("# t\n\n## Results\n\nold\n")
     (tmp_path / "latency_target.json").write_text(json.dumps(latency_target()))

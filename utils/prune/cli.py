@@ -41,8 +41,8 @@ from .absorb import bn_key
 from .cost import latency_weights, profile_layers
 from .errors import PruneError
 from .graph import PruneGraph, analyse
-from .latency import (Bench, Comparison, LatencyChoice, LatencyProfile, LatencyUnreachable, check_runtime, compare,
-                      load_or_measure_profile, meet_latency)
+from .latency import (MAX_ITERATIONS, Bench, Comparison, LatencyChoice, LatencyProfile, LatencyUnreachable,
+                      check_runtime, compare, load_or_measure_profile, meet_latency)
 from .layers import (STATISTICS, LayerResult, block_rows, block_table, find_blocks, history_entry, layer_prefix,
                      layer_prune, plot_blocks, renumber_history, search_shortcuts, sparsity_note)
 from .masks import ranking_layers
@@ -244,8 +244,8 @@ def _add_latency_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default=None, metavar="FILE",
                    help="latency profile JSON to reuse (or to write when missing); default "
                    "runs/profiles/<architecture>_<runtime>_<device>_t<threads>_<img>.json")
-    p.add_argument("--latency-iterations", type=positive_int, default=3, metavar="N",
-                   help="searches at most (default 3), each tightened by the observed miss of the one before")
+    p.add_argument("--latency-iterations", type=positive_int, default=MAX_ITERATIONS, metavar="N",
+                   help=f"searches at most (default {MAX_ITERATIONS}), each tightened by the observed miss of the one before")
     p.add_argument("--sweep", type=_sweep_values, default=None, metavar="T1,T2,...",
                    help="print a table of candidate prunes, one per target of the kind a --target-* flag "
                    "(given without a value) names, and write nothing")

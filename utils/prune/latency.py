@@ -68,6 +68,7 @@ ONNX_OPSET = 17
 # rounding or by noise does not repeat in the next search.
 TIGHTEN_MARGIN = 0.02
 CLOSE_ENOUGH = 0.10  # a model this share (or less) under the target ends the search
+MAX_ITERATIONS = 3   # searches (models built and measured) at most, unless the caller says otherwise
 _PACKAGES = {"onnxruntime": ("onnxruntime", "pip install onnxruntime"),
              "openvino": ("openvino", "pip install openvino")}
 
@@ -497,7 +498,7 @@ def recalibrated_goal(target: float, predicted: float, measured: float) -> float
 
 
 def meet_latency(model: Darknet, options: PruneOptions, target: LatencyTarget, bench: Bench,
-                 profile: LatencyProfile, rounds: int = 20, max_iterations: int = 4,
+                 profile: LatencyProfile, rounds: int = 20, max_iterations: int = MAX_ITERATIONS,
                  log: Callable[[str], None] = lambda line: None) -> LatencyChoice:
     """Prune ``model`` (left unchanged) to the least-pruned model that runs within ``target`` on
     ``bench`` (see the module docstring): each model built is measured; a miss, or a model more than

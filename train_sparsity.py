@@ -40,15 +40,15 @@ def configure(trainer: Trainer) -> None:
                          f"(-sr needs convs with batch_normalize=1)")
     form = sparsity_form(c.optimizer)
     print(("shortcut" if c.prune else "normal") + f" sparse training: {len(layers)} layers"
-          + (f" ({form} L1 penalty for {c.optimizer})" if c.sr else " (-sr off: statistics only)"))
+          + (f" ({form} {c.sr_penalty} penalty for {c.optimizer})" if c.sr else " (-sr off: statistics only)"))
     trainer.register(SparsityLogger(layers, trainer.save_dir))
     if c.sr:
         trainer.register(SparsityHook(layers, c.scale, c.sr_schedule, c.sr_decay_epoch_frac, c.sr_decay_factor,
-                                      c.sr_local_keep, c.sr_per_image, c.epochs, form=form))
+                                      c.sr_local_keep, c.sr_per_image, c.epochs, form=form, penalty=c.sr_penalty))
     trainer.history_extra.update({
         "sr": bool(c.sr), "scale": c.scale if c.sr else 0.0, "schedule": c.sr_schedule,
         "per_image": bool(c.sr_per_image), "prune": c.prune, "layers": layers,
-        "sr_form": form if c.sr else None})
+        "sr_form": form if c.sr else None, "sr_penalty": c.sr_penalty if c.sr else None})
 
 
 @cli_main

@@ -5,7 +5,8 @@ import torch
 
 from models import build_model
 from utils.prune.masks import safe_ratio
-from utils.prune.sparsity import SparsityHook, bimodality, bn_gammas, gamma_stats, quantile_table, sarle_coefficient
+from utils.prune.sparsity import (SparsityHook, bimodality, bn_gammas, gamma_stats, pull_direction, quantile_table,
+                                  sarle_coefficient)
 
 
 def _model_with_grads(seed=0):
@@ -155,6 +156,44 @@ def test_decoupled_form_soft_thresholds_and_leaves_grads():
     assert w.detach()[0] == 0 and w.detach()[1].item() == pytest.approx(0.01)
     with pytest.raises(ValueError, match="form"):
         SparsityHook([0], form="adam")
+
+
+def test_hoyer_direction_keeps_the_norm_pulls_small_and_pushes_large_gammas():
+    g = torch.tensor([0.0, 0.1, -0.2, 0.5, 1.0, -1.5], dtype=torch.float64)
+    d = pull_direction(g, "hoyer")
+    assert torch.dot(d, g).abs() < 1e-12  # orthogonal to gamma: the layer's L2 norm is kept to first order
+    # ||gamma||_2 times the autograd gradient of the Hoyer measure ||gamma||_1 / ||gamma||_2
+    x = g.clone().requires_grad_(True)
+    (x.abs().sum() / x.norm()).backward()
+    assert torch.allclose(d, x.grad * g.norm())
+    star = g.square().mean() / g.abs().mean()  # channels below |gamma| = star are pulled toward zero, above pushed out
+    assert all((d[i] * g[i] > 0) == (g[i].abs() < star) for i in range(1, len(g)))
+    assert d[0] == 0 and torch.equal(pull_direction(g, "l1"), torch.sign(g))
+    assert torch.equal(pull_direction(torch.zeros(3), "hoyer"), torch.zeros(3))
+    assert torch.allclose(pull_direction(3 * g, "hoyer"), d)  # scale-invariant
+    with pytest.raises(ValueError, match="penalty"):
+        pull_direction(g, "l2")
+    with pytest.raises(ValueError, match="--sr-penalty"):
+        SparsityHook([0], penalty="l2")
+
+
+def test_hoyer_penalty_in_both_forms():
+    model = _model_with_grads()
+    layers = _layers(model)
+    w = model.module_list[layers[0]].BatchNorm2d.weight
+    g0, w0 = w.grad.clone(), w.detach().clone()
+    SparsityHook(layers[:1], scale=0.01, penalty="hoyer").apply(model, n_micro=2)
+    assert torch.allclose(w.grad, g0 + 2 * 0.01 * pull_direction(w0, "hoyer"))
+    with torch.no_grad():
+        w[:3] = torch.tensor([0.004, 0.0, 3.0])
+    w0 = w.detach().clone()
+    opt = torch.optim.SGD([{"params": [w], "lr": 0.1}])
+    SparsityHook(layers[:1], scale=0.05, form="decoupled", penalty="hoyer").apply_decoupled(model, opt)
+    t = 0.1 * 0.05
+    expect = torch.sign(w0) * (w0.abs() - t).clamp(min=0) + t * w0 * w0.abs().mean() / w0.square().mean()
+    assert torch.allclose(w.detach(), expect)
+    v = w.detach()
+    assert v[1] == 0 and 0 < v[0] < 0.004 and v[2] > 3.0  # zero stays zero, the small shrink, the large grow
 
 
 # ------------------------------------------------------------------------------------ bimodality

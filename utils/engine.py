@@ -151,6 +151,9 @@ class TrainConfig:
                       group="sparsity", type=int, choices=[0, 1])
     sr_schedule: str = _opt("constant", "strength over the epochs", "--sr-schedule", group="sparsity",
                             choices=["constant", "global", "local"])
+    sr_penalty: str = _opt("l1", "l1: s * |gamma| (the original); hoyer: the same pull on small gammas with each "
+                           "layer's norm kept (scale-invariant, see utils/prune/sparsity.py)", "--sr-penalty",
+                           group="sparsity", choices=["l1", "hoyer"])
     sr_decay_epoch_frac: float = _opt(0.5, "fraction of the epochs after which global/local decay starts",
                                       "--sr-decay-epoch-frac", group="sparsity", type=fraction)
     sr_decay_factor: float = _opt(0.01, "decayed strength = s * factor", "--sr-decay-factor",

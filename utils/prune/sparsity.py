@@ -15,6 +15,20 @@ live training modules, in one of two forms (``SparsityHook.form``):
   ``1 - beta1`` gives ``--scale`` the same per-step pull toward zero under both optimizers at the
   same learning rate.
 
+Two penalties (``SparsityHook.penalty``, ``--sr-penalty``):
+
+* ``"l1"`` (the original): ``s * sum |gamma|``, pull direction ``sign(gamma)``.
+* ``"hoyer"``: per BatchNorm layer the pull direction ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)``,
+  which is ``||gamma||_2`` times the gradient of the layer's Hoyer measure ``||gamma||_1 / ||gamma||_2``.
+  Why: a BatchNorm whose output feeds (through the activation) a conv and another BatchNorm is nearly
+  scale-invariant (the next BatchNorm divides the scale out), so the data term barely resists
+  shrinking a whole layer, and the L1 pull moves every gamma of a layer down by the same amount:
+  the distribution slides left instead of splitting (measured on the pipeline: sparse |gamma| =
+  control |gamma| - 0.63, slope 1.0). The Hoyer direction is orthogonal to gamma (the layer's L2
+  norm is kept to first order), pulls a channel at zero by ``s`` like L1, pulls channels below
+  ``mean(gamma^2) / mean|gamma|`` down and pushes those above it up: the layer's channels separate
+  and the data term decides which side each lands on.
+
 ``k`` is the number of accumulated micro-batches by default, which reproduces the original method's
 per-iteration update. The detection loss is a sum over the images of a step, so with that default the
 penalty's weight relative to the data term is about ``s / batch_size``: halving the batch doubles the
@@ -42,16 +56,31 @@ from .masks import safe_ratio
 from .report import gamma_quantiles
 
 __all__ = ["SparsityHook", "SparsityLogger", "bn_gammas", "gamma_stats", "quantile_table", "sparsity_form",
-           "bimodality", "sarle_coefficient", "REFERENCE_BATCH", "FORMS"]
+           "bimodality", "sarle_coefficient", "pull_direction", "REFERENCE_BATCH", "FORMS", "PENALTIES"]
 
 REFERENCE_BATCH = 16  # batch size at which --sr-per-image equals the default strength
 FORMS = ("gradient", "decoupled")
+PENALTIES = ("l1", "hoyer")
 TABLE_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
 def sparsity_form(optimizer: str) -> str:
     """The penalty form that is correct for ``--optimizer``: SGD -> gradient, Adam/AdamW -> decoupled."""
     return "gradient" if optimizer == "SGD" else "decoupled"
+
+
+def pull_direction(gamma: torch.Tensor, penalty: str = "l1") -> torch.Tensor:
+    """The direction the penalty pulls one layer's gammas (per channel; see the module docstring):
+    ``sign(gamma)`` for l1; ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)`` for hoyer."""
+    sign = torch.sign(gamma)
+    if penalty == "l1":
+        return sign
+    if penalty != "hoyer":
+        raise ValueError(f"sparsity penalty {penalty!r}: use one of {', '.join(PENALTIES)}")
+    m2 = gamma.square().mean()
+    if m2 <= 0:
+        return sign  # all zero: nothing to pull
+    return sign - gamma * (gamma.abs().mean() / m2)
 
 
 def _bn(model: nn.Module, i: int) -> nn.Module:
@@ -187,6 +216,7 @@ class SparsityHook(Hook):
     epochs: int = 1
     epoch: int = 0
     form: str = "gradient"
+    penalty: str = "l1"
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -196,6 +226,8 @@ class SparsityHook(Hook):
             raise ValueError(f"--sr-schedule {self.schedule}: use constant, global or local")
         if self.form not in FORMS:
             raise ValueError(f"sparsity form {self.form!r}: use one of {', '.join(FORMS)}")
+        if self.penalty not in PENALTIES:
+            raise ValueError(f"--sr-penalty {self.penalty}: use one of {', '.join(PENALTIES)}")
 
     def decayed(self, epoch: int | None = None) -> bool:
         """Whether the decay of the global/local schedules is active at ``epoch``."""
@@ -230,20 +262,23 @@ class SparsityHook(Hook):
 
     @torch.no_grad()
     def apply(self, model: nn.Module, n_micro: int = 1, n_images: int = REFERENCE_BATCH) -> None:
-        """Gradient form: grad(gamma) += k * s * sign(gamma) for every regularised, trainable gamma."""
+        """Gradient form: grad(gamma) += k * s * direction for every regularised, trainable gamma
+        (direction: :func:`pull_direction`, ``sign(gamma)`` for l1)."""
         params = self._params(model)
         if not params:
             return
         for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad.add_(s * torch.sign(p.detach()))
+            p.grad.add_(s * pull_direction(p.detach(), self.penalty))
         self.applied += 1
 
     @torch.no_grad()
     def apply_decoupled(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_micro: int = 1,
                         n_images: int = REFERENCE_BATCH) -> None:
-        """Decoupled form: gamma <- sign(gamma) * max(|gamma| - lr * k * s / (1 - beta1), 0) after the step."""
+        """Decoupled form, after the step, with ``t = lr * k * s / (1 - beta1)``: l1, the soft
+        threshold ``gamma <- sign(gamma) * max(|gamma| - t, 0)``; hoyer, the same threshold plus
+        ``t * gamma * mean|gamma| / mean(gamma^2)`` (the layer's statistics before the step)."""
         params = self._params(model)
         if not params:
             return
@@ -251,7 +286,11 @@ class SparsityHook(Hook):
                 for p in g["params"]}
         for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
             threshold = pull[id(p)] * s
+            # hoyer: the part of the pull that is not the L1 sign, -t * gamma * mean|gamma| / mean(gamma^2)
+            push = threshold * (torch.sign(p) - pull_direction(p, self.penalty)) if self.penalty != "l1" else None
             p.copy_(torch.sign(p) * (p.abs() - threshold).clamp_(min=0))
+            if push is not None:
+                p.add_(push)
         self.applied += 1
 
     # engine hooks

@@ -166,9 +166,11 @@ def sparse_layers(weights: Path) -> list[int]:
 
 
 def recorded(opt: dict) -> dict:
-    """Row fields from a checkpoint's options: optimizer, epochs, -sr scale (0 without -sr)."""
+    """Row fields from a checkpoint's options: optimizer, epochs, -sr scale (0 without -sr) and
+    penalty (runs before --sr-penalty used l1)."""
     return {"optimizer": opt.get("optimizer"), "epochs": opt.get("epochs"),
-            "scale": float(opt.get("scale") or 0.0) if opt.get("sr") else 0.0}
+            "scale": float(opt.get("scale") or 0.0) if opt.get("sr") else 0.0,
+            "penalty": (opt.get("sr_penalty") or "l1") if opt.get("sr") else None}
 
 
 # ------------------------------------------------------------------------------------ training
@@ -230,7 +232,9 @@ def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split:
     for k, (sparse_w, control_w) in enumerate(pairs, 1):
         sparse_opt = ac.checkpoint_opt(sparse_w)
         layers = sparse_layers(sparse_w)
-        name = f"grid {k}: {sparse_opt.get('optimizer')} s={recorded(sparse_opt)['scale']:g}"
+        rec = recorded(sparse_opt)
+        name = f"grid {k}: {sparse_opt.get('optimizer')} s={rec['scale']:g}" + (
+            f" {rec['penalty']}" if rec["penalty"] not in (None, "l1") else "")
         rows[name + " (-sr)"] = {**measure(sparse_w, layers, data, img, split)[0], **recorded(sparse_opt),
                                  "wall_s": None, "source": "--grid", "control": name + " (control)"}
         rows[name + " (control)"] = {**measure(control_w, layers, data, img, split)[0],

@@ -220,7 +220,10 @@ def _schedule(r: dict) -> str | None:
 
 
 def _scale(r: dict) -> str:
-    return f"{float(r['scale']):g}" if r.get("scale") else "off"
+    """The -sr scale, with the penalty when it is not the original L1."""
+    if not r.get("scale"):
+        return "off"
+    return f"{float(r['scale']):g}" + (f" ({r['penalty']})" if r.get("penalty") not in (None, "l1") else "")
 
 
 def _sparsity_row(name: str, r: dict, rows: dict, with_schedule: bool) -> list[str]:

@@ -123,7 +123,7 @@ def new_sparsity():
             "matched control (no -sr)": {"gamma_mean": 0.98, "mAP50": 0.9, "mAP50-95": 0.6012, "scale": 0.0,
                                          "optimizer": "AdamW", "bimodality": _bim(0.0, 0.02, 0.98, False)},
             "grid 1: SGD s=0.01 (-sr)": {"gamma_mean": 0.05, "mAP50": 0.8, "mAP50-95": 0.5, "scale": 0.01,
-                                         "optimizer": "SGD", "hyp": "/x/data/hyps/hyp.scratch.yaml",
+                                         "penalty": "hoyer", "optimizer": "SGD", "hyp": "/x/data/hyps/hyp.scratch.yaml",
                                          "cos_lr": True, "bimodality": _bim(0.7, 0.04, 0.26, True),
                                          "control": "grid 1: SGD s=0.01 (control)"},
             "grid 1: SGD s=0.01 (control)": {"gamma_mean": 0.9, "mAP50": 0.81, "mAP50-95": 0.52, "scale": 0.0,
@@ -141,7 +141,7 @@ def test_sparsity_renders_bimodality_matched_control_and_histogram():
             "| mAP@.5:.95 (test) | vs matched control |") in body
     assert "| sparsity (-sr) | AdamW | 0.003 | - | 0.080 | 62.0% | 5.0% | 33.0% | yes | 0.591 | -0.010 |" in body
     assert "| matched control (no -sr) | AdamW | off | - | 0.980 | 0.0% | 2.0% | 98.0% | no | 0.601 | - |" in body
-    assert ("| grid 1: SGD s=0.01 (-sr) | SGD | 0.01 | cosine lr, hyp.scratch.yaml | 0.050 | 70.0% | 4.0% | 26.0% "
+    assert ("| grid 1: SGD s=0.01 (-sr) | SGD | 0.01 (hoyer) | cosine lr, hyp.scratch.yaml | 0.050 | 70.0% | 4.0% | 26.0% "
             "| yes | 0.500 | -0.020 |") in body
     assert "mAP on the test split" in body and "hyp `hyp.finetune.yaml`" in body
     assert "- met: -sr: |gamma| bimodal" in body

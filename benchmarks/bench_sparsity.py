@@ -15,7 +15,9 @@ differs. The control is, in this order, ``--control W``; the run's own ``control
 
 Measured on the saved (EMA) weights the prune scripts read, over the prunable layers the sparse
 run regularised: the |gamma| statistics, :func:`utils.prune.sparsity.bimodality` (a pile near zero
-and a separated group of important channels), and mAP@.5 / mAP@.5:.95 on the held-out ``test``
+and a separated group of important channels), :func:`utils.prune.sparsity.slide_fit` of each -sr
+model against its control channel by channel (did the penalty slide every gamma down by the same
+amount, keeping the control's ranking, or split them), and mAP@.5 / mAP@.5:.95 on the held-out ``test``
 split (``val`` when the data has none, stated in the output and the JSON ``split``). Targets: with
 ``-sr`` |gamma| bimodal and mAP@.5:.95 within 0.02 of the matched control; the control not bimodal
 (so the split comes from the penalty). Writes ``benchmarks/results/sparsity.json`` and
@@ -39,7 +41,7 @@ import accuracy_common as ac  # noqa: E402
 from models import load_model  # noqa: E402
 from utils.plots import plot_gamma_split  # noqa: E402
 from utils.prune.graph import sparsity_layers  # noqa: E402
-from utils.prune.sparsity import BIMODAL_LOW, BIMODAL_VALLEY, bimodality, bn_gammas, gamma_stats  # noqa: E402
+from utils.prune.sparsity import BIMODAL_LOW, BIMODAL_VALLEY, bimodality, bn_gammas, gamma_stats, slide_fit  # noqa: E402
 
 MAP_GAP = 0.02          # -sr may cost at most this much mAP@.5:.95 against the matched control
 SETTING_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES, *ac.SPARSITY_FLAGS, *ac.SPARSITY_SWITCHES]
@@ -87,6 +89,20 @@ def _path_value(v) -> str | None:
     return None if v in (None, "") else str(ac.project_path(v).resolve())
 
 
+def _same_path(a, b) -> bool:
+    """Two recorded paths name the same file: equal once resolved, or one is relative (recorded from
+    a working directory this process does not know) and the other, absolute, ends with it."""
+    if a in (None, "") or b in (None, ""):
+        return a in (None, "") and b in (None, "")
+    if _path_value(a) == _path_value(b):
+        return True
+    pa, pb = Path(str(a)), Path(str(b))
+    for rel, other in ((pa, pb), (pb, pa)):
+        if not rel.is_absolute() and other.is_absolute() and other.parts[-len(rel.parts):] == rel.parts:
+            return True
+    return False
+
+
 def control_mismatch(sparse_opt: dict, control_opt: dict) -> list[str]:
     """Why ``control_opt`` is not the matched control of ``sparse_opt`` ([] when it is): it must
     have been trained without -sr, from the same weights, with the same training settings."""
@@ -94,6 +110,8 @@ def control_mismatch(sparse_opt: dict, control_opt: dict) -> list[str]:
     for key in CONTROL_KEYS:
         a, b = sparse_opt.get(key), control_opt.get(key)
         if key in PATH_KEYS:
+            if _same_path(a, b):
+                continue
             a, b = _path_value(a), _path_value(b)
         if not ac.same_settings({key: a}, {key: b}, [key]):
             out.append(f"{key} {b!r} (sparse run: {a!r})")
@@ -123,7 +141,8 @@ def parse_grid(values: Sequence[str]) -> list[tuple[Path, Path]]:
 
 def format_table(rows: dict[str, dict]) -> str:
     header = ["model", "optimizer", "-sr scale", "epochs", "mean abs gamma", "< 0.01", "pile", "valley", "group",
-              "valley ratio", "Sarle BC", "bimodal", "safe ratio", "mAP@.5", "mAP@.5:.95", "vs control", "train s"]
+              "valley ratio", "Sarle BC", "bimodal", "vs control: slope, intercept, rank corr", "safe ratio",
+              "mAP@.5", "mAP@.5:.95", "vs control", "train s"]
     out = []
     for name, r in rows.items():
         b = r["bimodality"]
@@ -133,9 +152,16 @@ def format_table(rows: dict[str, dict]) -> str:
                     r.get("epochs", "-"), f"{r['gamma_mean']:.4f}", f"{r['gamma_lt_0.01']:.1%}",
                     f"{b['low_share']:.1%}", f"{b['valley_share']:.1%}", f"{b['high_share']:.1%}",
                     _num(b["valley_ratio"], ".2f"), _num(b["sarle_bc"], ".3f"), "yes" if b["bimodal"] else "no",
-                    f"{r['safe_ratio']:.3f}", f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}", gap,
+                    _fit(r.get("vs_control")), f"{r['safe_ratio']:.3f}", f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}", gap,
                     _num(r.get("wall_s"), ".0f")])
     return ac.md_table(header, out)
+
+
+def _fit(f: dict | None) -> str:
+    """A slide_fit as 'slope, intercept, rank correlation'."""
+    if not f or f.get("slope") is None:
+        return "-"
+    return f"{f['slope']:.2f}, {f['intercept']:+.2f}, {_num(f.get('rank_corr'), '.2f')}"
 
 
 def _num(v: float | None, fmt: str) -> str:
@@ -235,10 +261,11 @@ def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split:
         rec = recorded(sparse_opt)
         name = f"grid {k}: {sparse_opt.get('optimizer')} s={rec['scale']:g}" + (
             f" {rec['penalty']}" if rec["penalty"] not in (None, "l1") else "")
-        rows[name + " (-sr)"] = {**measure(sparse_w, layers, data, img, split)[0], **recorded(sparse_opt),
-                                 "wall_s": None, "source": "--grid", "control": name + " (control)"}
-        rows[name + " (control)"] = {**measure(control_w, layers, data, img, split)[0],
-                                     **recorded(ac.checkpoint_opt(control_w)), "wall_s": None, "source": "--grid"}
+        row, g = measure(sparse_w, layers, data, img, split)
+        ctrl, g_ctrl = measure(control_w, layers, data, img, split)
+        rows[name + " (-sr)"] = {**row, **recorded(sparse_opt), "wall_s": None, "source": "--grid",
+                                 "control": name + " (control)", "vs_control": slide_fit(g, g_ctrl)}
+        rows[name + " (control)"] = {**ctrl, **recorded(ac.checkpoint_opt(control_w)), "wall_s": None, "source": "--grid"}
     return rows
 
 
@@ -298,6 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for label, t, extra in ((SPARSE, sparse, {"control": CONTROL}), (CONTROL, control, {})):
         rows[label], gammas[label] = measure(Path(t["weights"]), layers, data, img, split)
         rows[label].update(recorded(ac.checkpoint_opt(t["weights"])), wall_s=t["wall_s"], source=t["source"], **extra)
+    rows[SPARSE]["vs_control"] = slide_fit(gammas[SPARSE], gammas[CONTROL])
     rows.update(grid_rows(grid, data, img, split))
     checks = targets(rows[SPARSE], rows[CONTROL], settings["epochs"])
 

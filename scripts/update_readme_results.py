@@ -231,8 +231,11 @@ def _sparsity_row(name: str, r: dict, rows: dict, with_schedule: bool) -> list[s
     ctrl = rows.get(r.get("control") or "")
     bimodal = "-" if b.get("bimodal") is None else ("yes" if b["bimodal"] else "no")
     out = [name, r.get("optimizer") or "-", _scale(r)] + ([_schedule(r) or "-"] if with_schedule else [])
+    fit = r.get("vs_control") or {}
+    slide = ("-" if fit.get("slope") is None else
+             f"{fit['slope']:.2f}, {fit['intercept']:+.2f}, " + ("-" if fit.get("rank_corr") is None else f"{fit['rank_corr']:.2f}"))
     return out + [f_ratio(r.get("gamma_mean")), f_pct(b.get("low_share")), f_pct(b.get("valley_share")),
-                  f_pct(b.get("high_share")), bimodal, f_map(r.get("mAP50-95")),
+                  f_pct(b.get("high_share")), bimodal, slide, f_map(r.get("mAP50-95")),
                   f_delta(r["mAP50-95"] - ctrl["mAP50-95"]) if ctrl else "-"]
 
 
@@ -251,7 +254,8 @@ def render_sparsity(d: dict) -> list[str]:
              f"{len(d.get('layers') or [])} prunable layers of the saved weights (pile near zero / valley / "
              f"group of important channels); mAP on the {d.get('split', 'val')} split.", ""]
     header = ["model", "optimizer", "-sr scale"] + (["lr schedule / hyp"] if with_schedule else [])
-    header += ["mean abs gamma", "pile", "valley", "group", "bimodal", f"mAP@.5:.95{split}", "vs matched control"]
+    header += ["mean abs gamma", "pile", "valley", "group", "bimodal", "vs control: slope, intercept, rank corr",
+               f"mAP@.5:.95{split}", "vs matched control"]
     lines += [table(header, body), ""] + target_lines(d.get("targets"))
     if d.get("hist_png"):
         lines += [f"![|gamma| of the -sr model and its matched control]({readme_path(d['hist_png'])})", ""]

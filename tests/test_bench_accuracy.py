@@ -111,6 +111,10 @@ def test_sparsity_control_mismatch_names_each_difference(tmp_path):
     rel, absolute = "data/hyps/hyp.finetune.yaml", str(ac.ROOT / "data/hyps/hyp.finetune.yaml")
     assert bench_sparsity.control_mismatch({**sparse, "hyp": rel}, {**control, "hyp": absolute}) == []
     assert bench_sparsity.control_mismatch({**sparse, "hyp": rel}, {**control, "hyp": str(hyp)}) != []
+    # a relative path recorded in another working directory matches an absolute path that ends with it
+    other = {**control, "weights": "runs/p/base/weights/best.pt"}
+    assert bench_sparsity.control_mismatch({**sparse, "weights": "/elsewhere/runs/p/base/weights/best.pt"}, other) == []
+    assert bench_sparsity.control_mismatch({**sparse, "weights": "/elsewhere/runs/q/base/weights/best.pt"}, other) != []
     bad = bench_sparsity.control_mismatch(sparse, {**control, "sr": True, "epochs": 10, "seed": 1, "weights": "x.pt"})
     assert [b.split()[0] for b in bad] == ["sr:", "epochs", "seed", "weights"]
     assert "10" in bad[1] and "15" in bad[1]

@@ -6,7 +6,7 @@ import torch
 from models import build_model
 from utils.prune.masks import safe_ratio
 from utils.prune.sparsity import (SparsityHook, bimodality, bn_gammas, gamma_stats, pull_direction, quantile_table,
-                                  sarle_coefficient)
+                                  sarle_coefficient, slide_fit)
 
 
 def _model_with_grads(seed=0):
@@ -194,6 +194,22 @@ def test_hoyer_penalty_in_both_forms():
     assert torch.allclose(w.detach(), expect)
     v = w.detach()
     assert v[1] == 0 and 0 < v[0] < 0.004 and v[2] > 3.0  # zero stays zero, the small shrink, the large grow
+
+
+def test_slide_fit_tells_a_slide_from_a_reordering():
+    rng = np.random.default_rng(0)
+    ref = [np.abs(rng.normal(1.0, 0.3, 200)), np.abs(rng.normal(1.2, 0.2, 100))]  # two layers
+    slid = [np.clip(g - 0.6, 0, None) for g in ref]  # every gamma 0.6 lower, the small ones at zero
+    f = slide_fit(slid, ref)
+    assert f["n"] == 300 and f["slope"] == pytest.approx(1.0) and f["intercept"] == pytest.approx(-0.6)
+    assert 0 < f["kept"] < 1 and f["rank_corr"] > 0.95
+    shuffled = [rng.permutation(g) for g in ref]  # the same values on other channels
+    g = slide_fit(shuffled, ref)
+    assert abs(g["rank_corr"]) < 0.2 and abs(g["slope"]) < 0.3
+    assert slide_fit([torch.tensor([1.0, 2.0, 3.0, 4.0])], [torch.tensor([2.0, 4.0, 6.0, 8.0])])["slope"] == pytest.approx(0.5)
+    assert slide_fit(np.ones(2), np.ones(2))["slope"] is None  # too few channels
+    with pytest.raises(ValueError, match="same channels"):
+        slide_fit(np.ones(3), np.ones(4))
 
 
 # ------------------------------------------------------------------------------------ bimodality

@@ -119,7 +119,8 @@ def new_sparsity():
                          "bimodality": _bim(0.0, 0.01, 0.99, False)},
             "sparsity (-sr)": {"gamma_mean": 0.08, "mAP50": 0.88, "mAP50-95": 0.5912, "scale": 0.003,
                                "optimizer": "AdamW", "bimodality": _bim(0.62, 0.05, 0.33, True),
-                               "control": "matched control (no -sr)"},
+                               "control": "matched control (no -sr)",
+                               "vs_control": {"slope": 1.013, "intercept": -0.631, "rank_corr": 0.9}},
             "matched control (no -sr)": {"gamma_mean": 0.98, "mAP50": 0.9, "mAP50-95": 0.6012, "scale": 0.0,
                                          "optimizer": "AdamW", "bimodality": _bim(0.0, 0.02, 0.98, False)},
             "grid 1: SGD s=0.01 (-sr)": {"gamma_mean": 0.05, "mAP50": 0.8, "mAP50-95": 0.5, "scale": 0.01,
@@ -138,11 +139,12 @@ def new_sparsity():
 def test_sparsity_renders_bimodality_matched_control_and_histogram():
     body = _text(urr.render_sparsity(new_sparsity()))
     assert ("| model | optimizer | -sr scale | lr schedule / hyp | mean abs gamma | pile | valley | group | bimodal "
-            "| mAP@.5:.95 (test) | vs matched control |") in body
-    assert "| sparsity (-sr) | AdamW | 0.003 | - | 0.080 | 62.0% | 5.0% | 33.0% | yes | 0.591 | -0.010 |" in body
-    assert "| matched control (no -sr) | AdamW | off | - | 0.980 | 0.0% | 2.0% | 98.0% | no | 0.601 | - |" in body
+            "| vs control: slope, intercept, rank corr | mAP@.5:.95 (test) | vs matched control |") in body
+    assert ("| sparsity (-sr) | AdamW | 0.003 | - | 0.080 | 62.0% | 5.0% | 33.0% | yes | 1.01, -0.63, 0.90 | 0.591 "
+            "| -0.010 |") in body
+    assert "| matched control (no -sr) | AdamW | off | - | 0.980 | 0.0% | 2.0% | 98.0% | no | - | 0.601 | - |" in body
     assert ("| grid 1: SGD s=0.01 (-sr) | SGD | 0.01 (hoyer) | cosine lr, hyp.scratch.yaml | 0.050 | 70.0% | 4.0% | 26.0% "
-            "| yes | 0.500 | -0.020 |") in body
+            "| yes | - | 0.500 | -0.020 |") in body
     assert "mAP on the test split" in body and "hyp `hyp.finetune.yaml`" in body
     assert "- met: -sr: |gamma| bimodal" in body
     assert "- NOT met: -sr: mAP@.5:.95 within 0.02" in body and "PASS" not in body

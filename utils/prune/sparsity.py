@@ -56,7 +56,7 @@ from .masks import safe_ratio
 from .report import gamma_quantiles
 
 __all__ = ["SparsityHook", "SparsityLogger", "bn_gammas", "gamma_stats", "quantile_table", "sparsity_form",
-           "bimodality", "sarle_coefficient", "pull_direction", "REFERENCE_BATCH", "FORMS", "PENALTIES"]
+           "bimodality", "sarle_coefficient", "pull_direction", "slide_fit", "REFERENCE_BATCH", "FORMS", "PENALTIES"]
 
 REFERENCE_BATCH = 16  # batch size at which --sr-per-image equals the default strength
 FORMS = ("gradient", "decoupled")
@@ -187,6 +187,41 @@ def bimodality(gammas: np.ndarray | torch.Tensor | Sequence) -> dict:
                and ratio <= BIMODAL_MAX_VALLEY)
     return {**out, "low_share": low, "valley_share": valley, "high_share": high, "valley_ratio": ratio,
             "sarle_bc": sarle_coefficient(r), "bimodal": bool(bimodal)}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank), 0-based."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x), dtype=np.float64)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return (sums / counts)[inverse]
+
+
+def slide_fit(gammas: Sequence, reference: Sequence) -> dict:
+    """How the |gamma| of a -sr model relate, channel by channel, to those of its matched control
+    (the same channels: both trained from the same weights). Least squares ``|g| = slope * |ref| +
+    intercept`` over the channels the penalty left above zero (``kept``: their share), Pearson
+    ``corr`` over all channels and Spearman ``rank_corr``. A slope near 1 with a negative intercept is
+    a slide: every gamma moved down by the same amount, the ranking (what pruning uses) stays the
+    control's (rank_corr near 1); a split would show a slope above 1 with the low channels cut off,
+    or a low rank correlation (the penalty reordered the channels)."""
+    x, y = _flat_abs(reference), _flat_abs(gammas)
+    if x.shape != y.shape:
+        raise ValueError(f"slide_fit: {y.size} gammas against {x.size} reference gammas (not the same channels)")
+    out = {"n": int(x.size), "slope": None, "intercept": None, "kept": None, "corr": None, "rank_corr": None}
+    if x.size < 3:
+        return out
+    kept = y > 1e-3 * max(float(np.max(y)), 1e-12)
+    out["kept"] = float(np.mean(kept))
+    if kept.sum() >= 3 and np.ptp(x[kept]) > 0:
+        slope, intercept = np.polyfit(x[kept], y[kept], 1)
+        out.update(slope=float(slope), intercept=float(intercept))
+    if np.ptp(x) > 0 and np.ptp(y) > 0:
+        out["corr"] = float(np.corrcoef(x, y)[0, 1])
+        out["rank_corr"] = float(np.corrcoef(_ranks(x), _ranks(y))[0, 1])
+    return out
 
 
 def quantile_table(gammas: list[torch.Tensor], title: str) -> str:

@@ -20,11 +20,11 @@ Two penalties (``SparsityHook.penalty``, ``--sr-penalty``):
 * ``"l1"`` (the original): ``s * sum |gamma|``, pull direction ``sign(gamma)``.
 * ``"hoyer"``: per BatchNorm layer the pull direction ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)``,
   which is ``||gamma||_2`` times the gradient of the layer's Hoyer measure ``||gamma||_1 / ||gamma||_2``.
-  Why: a BatchNorm whose output feeds (through the activation) a conv and another BatchNorm is nearly
-  scale-invariant (the next BatchNorm divides the scale out), so the data term barely resists
-  shrinking a whole layer, and the L1 pull moves every gamma of a layer down by the same amount:
-  the distribution slides left instead of splitting (measured on the pipeline: sparse |gamma| =
-  control |gamma| - 0.63, slope 1.0). The Hoyer direction is orthogonal to gamma (the layer's L2
+  Why: under L1 the pipeline's gammas slide down together instead of splitting (its -sr model is
+  its matched control shifted by about -0.5, slope 0.9, ranking largely kept; see
+  :func:`slide_fit` and ``benchmarks/results/sparsity.json``). A BatchNorm whose output feeds
+  (through the activation) a conv and another BatchNorm is nearly scale-invariant (the next
+  BatchNorm divides the scale out), so the data term barely resists shrinking a whole layer. The Hoyer direction is orthogonal to gamma (the layer's L2
   norm is kept to first order), pulls a channel at zero by ``s`` like L1, pulls channels below
   ``mean(gamma^2) / mean|gamma|`` down and pushes those above it up: the layer's channels separate
   and the data term decides which side each lands on.

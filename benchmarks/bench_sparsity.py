@@ -48,6 +48,7 @@ SETTING_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES, *ac.SPARSITY_FLAGS, *ac.SPA
 CONTROL_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES, "weights"]  # what a matched control shares
 PATH_KEYS = ("data", "hyp", "weights")                           # compared as resolved paths
 SPARSE, CONTROL = "sparsity (-sr)", "matched control (no -sr)"
+SPARSE_FT, CONTROL_FT = "-sr, pruned + finetuned (the pipeline's)", "control, pruned + finetuned the same way"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,6 +66,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "<run>/control_sparse or training one")
     p.add_argument("--grid", nargs="+", default=[], metavar="SPARSE:CONTROL",
                    help="extra rows: hand-trained -sr checkpoints (or run folders), each with its matched control")
+    p.add_argument("--downstream", action="store_true",
+                   help="also prune the matched control exactly as the pipeline pruned its -sr model and finetune "
+                        "it like the pipeline's finetune step: is -sr worth it once both are pruned and finetuned?")
     p.add_argument("--json", default=None, help="where to write the results (default benchmarks/results/sparsity.json)")
     return p.parse_args(argv)
 
@@ -269,6 +273,74 @@ def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split:
     return rows
 
 
+# ------------------------------------------------------------------------------------ downstream
+STRATEGY_SCRIPTS = {"1": ("prune_yolov5s.py", "--percent"), "2": ("shortcut_prune_yolov5s.py", "--percent"),
+                    "3": ("slim_prune_yolov5s.py", "--global_percent"), "8x": ("slim_prune_yolov5s_8x.py", "--global_percent")}
+
+
+def prune_command(step: dict, weights: Path, data: str | None, img: int, out_dir: Path) -> list[str]:
+    """The prune step a checkpoint's history records (strategy, its target or ratio, its options),
+    applied to ``weights``."""
+    strategy = str(step.get("strategy"))
+    if strategy not in STRATEGY_SCRIPTS:
+        raise ValueError(f"prune step with strategy {strategy!r}: cannot repeat it (use 1, 2, 3 or 8x)")
+    script, ratio_flag = STRATEGY_SCRIPTS[strategy]
+    st = step.get("settings") or {}
+    cmd = [sys.executable, script, "--weights", str(weights), "--img_size", str(img), "--no-eval",
+           "--out-dir", str(out_dir)] + (["--data", str(data)] if data else [])
+    if strategy in ("3", "8x") and st.get("layer_keep") is not None:
+        cmd += ["--layer_keep", f"{float(st['layer_keep']):g}"]
+    target = st.get("target") or {}
+    if target.get("metric") in ("flops", "params"):
+        cmd += [f"--target-{target['metric']}", f"{float(target['target']):g}"]
+    elif target:
+        raise ValueError(f"prune step with a {target.get('metric')} target: repeat it by hand (the benchmark "
+                         f"repeats FLOPs, parameter and ratio prunes)")
+    else:
+        cmd += [ratio_flag, f"{float(step['ratio']):g}"]
+    if st.get("latency_aware"):
+        cmd.append("--latency-aware")
+    else:
+        cmd += ["--cost-aware"] if st.get("cost_aware") else []
+        cmd += ["--round-to", str(st["round_to"])] if int(st.get("round_to") or 1) > 1 else []
+        cmd += [flag for key, flag in (("include_upsample", "--include-upsample"), ("include_sppf", "--include-sppf"))
+                if st.get(key)]
+    return cmd
+
+
+def finetune_command(opt: dict, pruned: Path, out: Path, name: str) -> list[str]:
+    """``prune_finetune.py`` with the training settings a finetune run recorded, on ``pruned``."""
+    return [sys.executable, "prune_finetune.py", "--weights", str(pruned),
+            *ac.flags_from_opt(opt, ac.TRAIN_FLAGS, ac.TRAIN_SWITCHES), "--project", str(out), "--name", name,
+            "--exist-ok"]
+
+
+def downstream_rows(run: ac.PipelineRun, control_w: Path, data: str | None, img: int, split: str,
+                    fresh: bool, quick: bool) -> dict[str, dict]:
+    """The pipeline's pruned + finetuned -sr model, and its matched control pruned the same way
+    (the prune step its history records) and finetuned with the pipeline finetune's settings."""
+    if run.pruned is None or run.finetune is None:
+        raise ValueError(f"--downstream: {run.root} has no pruned and finetuned model (finish the pipeline run)")
+    step = ac.last_history(run.pruned, "prune")
+    if any(h.get("step") == "layer_prune" for h in ac.load_ckpt(run.pruned).get("history") or []):
+        raise ValueError("--downstream: the run also removed residual blocks; repeat that by hand")
+    out = ac.bench_dir(run, "sparsity_downstream", quick)
+    prune = ac.cached_run(prune_command(step, control_w, data, img, out / "prune_control"), out / "prune_control",
+                          "prune_*.pt", fresh)
+    ft_opt = ac.checkpoint_opt(run.finetune)
+    ft = ac.cached_run(finetune_command(ft_opt, prune["outputs"][-1], out, "finetune_control"), out / "finetune_control",
+                       "weights/best.pt", fresh)
+    rows = {}
+    for label, weights, wall in ((SPARSE_FT, run.finetune, run.timings.get("finetune")),
+                                 (CONTROL_FT, ft["outputs"][-1], prune["wall_s"] + ft["wall_s"])):
+        rows[label] = {"weights": str(weights), **ac.evaluate_weights(weights, data, img, task=split),
+                       "epochs": ft_opt.get("epochs"), "wall_s": wall}
+    rows[SPARSE_FT]["control"] = CONTROL_FT
+    rows[SPARSE_FT]["prune"] = {k: step.get(k) for k in ("strategy", "ratio")}
+    rows[CONTROL_FT]["prune_command"] = prune["cmd"][1:]
+    return rows
+
+
 # ------------------------------------------------------------------------------------ output
 def histogram_path(json_path: Path) -> Path:
     """``<json stem>_hist.png`` beside the JSON (sparsity.json -> sparsity_hist.png)."""
@@ -329,9 +401,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows.update(grid_rows(grid, data, img, split))
     checks = targets(rows[SPARSE], rows[CONTROL], settings["epochs"])
 
+    down = downstream_rows(run, Path(control["weights"]), data, img, split, opt.fresh, smoke) if opt.downstream else {}
+    if down:
+        gap = down[SPARSE_FT]["mAP50-95"] - down[CONTROL_FT]["mAP50-95"]
+        checks["-sr: pruned and finetuned, mAP@.5:.95 at least the control pruned and finetuned the same way"] = gap >= 0
+
     table = format_table(rows)
     print(describe(run, settings, layers, split, control))
     print(table)
+    if down:
+        print("\n" + ac.md_table(["after pruning and finetuning", "mAP@.5", "mAP@.5:.95", "vs control"],
+                                 [[k, f"{r['mAP50']:.4f}", f"{r['mAP50-95']:.4f}",
+                                   f"{r['mAP50-95'] - down[r['control']]['mAP50-95']:+.4f}" if r.get("control") else "-"]
+                                  for k, r in down.items()]))
     ac.print_targets(checks, smoke)
     json_path = ac.results_path("sparsity", smoke, opt.json)
     hist = write_histogram(gammas, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
@@ -339,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run": str(run.root), "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
               "split": split, "sr_source": sparse["source"], "control_source": control["source"],
               "control": str(control["weights"]), "layers": layers, "rows": rows, "targets": checks,
-              "hist_png": hist, "table_markdown": table}
+              "hist_png": hist, "table_markdown": table, "downstream": down or None}
     ac.write_report(json_path, report)
     return 0
 

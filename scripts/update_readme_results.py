@@ -256,7 +256,16 @@ def render_sparsity(d: dict) -> list[str]:
     header = ["model", "optimizer", "-sr scale"] + (["lr schedule / hyp"] if with_schedule else [])
     header += ["mean abs gamma", "pile", "valley", "group", "bimodal", "vs control: slope, intercept, rank corr",
                f"mAP@.5:.95{split}", "vs matched control"]
-    lines += [table(header, body), ""] + target_lines(d.get("targets"))
+    lines += [table(header, body), ""]
+    down = d.get("downstream") or {}
+    if down:
+        lines += ["Both pruned the same way (the prune step the pipeline ran) and finetuned with the pipeline's "
+                  f"finetuning settings, mAP on the{split or ' val'} split:", "",
+                  table(["model", "mAP@.5", "mAP@.5:.95", "vs the control pruned and finetuned"],
+                        [[k, f_map(r.get("mAP50")), f_map(r.get("mAP50-95")),
+                          f_delta(r["mAP50-95"] - down[r["control"]]["mAP50-95"]) if r.get("control") in down else "-"]
+                         for k, r in down.items()]), ""]
+    lines += target_lines(d.get("targets"))
     if d.get("hist_png"):
         lines += [f"![|gamma| of the -sr model and its matched control]({readme_path(d['hist_png'])})", ""]
     return lines

@@ -100,6 +100,31 @@ def test_sparsity_targets():
     assert all(better.values())  # beating the control is within the budget
 
 
+def test_sparsity_downstream_repeats_the_recorded_prune_step(tmp_path):
+    step = {"step": "prune", "strategy": "8x", "ratio": 0.7856,
+            "settings": {"layer_keep": 0.01, "round_to": 16, "include_upsample": True, "include_sppf": True,
+                         "target": {"metric": "flops", "target": 0.45, "achieved": 0.4456}, "cost_aware": True,
+                         "latency_aware": True}}
+    cmd = bench_sparsity.prune_command(step, tmp_path / "c.pt", "data/builtin.yaml", 160, tmp_path / "out")
+    assert cmd[1] == "slim_prune_yolov5s_8x.py" and cmd[cmd.index("--weights") + 1] == str(tmp_path / "c.pt")
+    assert cmd[cmd.index("--target-flops") + 1] == "0.45" and cmd[cmd.index("--layer_keep") + 1] == "0.01"
+    assert "--latency-aware" in cmd and "--round-to" not in cmd and "--global_percent" not in cmd
+    plain = {"step": "prune", "strategy": "3", "ratio": 0.6,
+             "settings": {"layer_keep": 0.01, "round_to": 8, "include_upsample": True, "cost_aware": False}}
+    cmd = bench_sparsity.prune_command(plain, tmp_path / "c.pt", None, 160, tmp_path / "out")
+    assert cmd[1] == "slim_prune_yolov5s.py" and cmd[cmd.index("--global_percent") + 1] == "0.6"
+    assert cmd[cmd.index("--round-to") + 1] == "8" and "--include-upsample" in cmd and "--include-sppf" not in cmd
+    assert "--data" not in cmd and "--cost-aware" not in cmd
+    one = bench_sparsity.prune_command({"strategy": 1, "ratio": 0.5}, tmp_path / "c.pt", None, 64, tmp_path)
+    assert one[1] == "prune_yolov5s.py" and one[one.index("--percent") + 1] == "0.5" and "--layer_keep" not in one
+    with pytest.raises(ValueError, match="latency target"):
+        bench_sparsity.prune_command({"strategy": "8x", "settings": {"target": {"metric": "latency", "target": 0.5}}},
+                                     tmp_path, None, 160, tmp_path)
+    ft = bench_sparsity.finetune_command({"epochs": 10, "optimizer": "AdamW", "img": 160, "hyp": None},
+                                         tmp_path / "p.pt", tmp_path, "ft")
+    assert ft[1] == "prune_finetune.py" and ft[ft.index("--epochs") + 1] == "10" and "--hyp" not in ft
+
+
 def test_sparsity_control_mismatch_names_each_difference(tmp_path):
     hyp = tmp_path / "hyp.yaml"
     hyp.write_text("lr0: 0.01\n")

@@ -149,6 +149,12 @@ def test_sparsity_renders_bimodality_matched_control_and_histogram():
     assert "- met: -sr: |gamma| bimodal" in body
     assert "- NOT met: -sr: mAP@.5:.95 within 0.02" in body and "PASS" not in body
     assert "(benchmarks/results/sparsity_hist.png)" in body  # relative to the README, from any checkout
+    assert "pruned the same way" not in body
+    down = {**new_sparsity(), "downstream": {
+        "-sr, pruned + finetuned": {"mAP50": 0.95, "mAP50-95": 0.697, "control": "control, pruned + finetuned"},
+        "control, pruned + finetuned": {"mAP50": 0.91, "mAP50-95": 0.601}}}
+    body = _text(urr.render_sparsity(down))
+    assert "| -sr, pruned + finetuned | 0.950 | 0.697 | +0.096 |" in body and "| control, pruned + finetuned |" in body
 
 
 def test_sparsity_without_schedules_has_no_schedule_column():

@@ -592,4 +592,4 @@ def test_torch_pruning_sparsity_stage_trains_with_the_engine(tmp_path):
     args[args.index("--weights") + 1] = str(tmp_path / "base.pt")
     assert frontier_tp.main(args) == 0
     hist = torch.load(tmp_path / "tp_sparse" / "weights" / "last.pt", weights_only=False)["history"][-1]
-    assert hist["regulariser"].startswith("torch-pruning") and hist["scale"] == s.scale
+    assert hist["regulariser"].startswith("torch-pruning") and hist["scale"] == fs.TP_REG

@@ -93,7 +93,9 @@ def verdict(met: Any) -> str:
 def readme_path(p: Any) -> str:
     """A file of the repository as a link from the README: relative to the checkout, also when the
     file was written by another checkout (``.../benchmarks/results/x.png`` -> ``benchmarks/results/x.png``)."""
-    text = short_path(p)
+    text, root = str(p), str(ROOT) + "/"
+    if text.startswith(root):
+        return text[len(root):]
     marker = "/benchmarks/results/"
     return text[text.index(marker) + 1:] if text.startswith("/") and marker in text else text
 
@@ -363,7 +365,7 @@ def render_frontier(d: dict) -> list[str]:
     if d.get("missing_rows"):
         lines += [f"Not run yet (planned, no test evaluation): {', '.join(f'`{m}`' for m in d['missing_rows'])}.", ""]
     if d.get("plot"):
-        lines += [f"![test mAP@.5:.95 against CPU latency]({short_path(d['plot'])})", ""]
+        lines += [f"![test mAP@.5:.95 against CPU latency]({readme_path(d['plot'])})", ""]
     return lines
 
 

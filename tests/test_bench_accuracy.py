@@ -256,7 +256,7 @@ def test_results_generator_shows_only_stored_figures(tmp_path):
     body = urr.render_section(urr.load_results(tmp_path))
     assert "Test CPU, 2 cores, 1 torch thread, no GPU; 2030-01-02 03:04" in body
     # a file of the layout before bimodality and matched controls: what it stores, "-" for the rest
-    assert "| sparsity (-sr) | - | 0.002 | 0.050 | - | - | - | - | 0.480 | - |" in body
+    assert "| sparsity (-sr) | - | 0.002 | 0.050 | - | - | - | - | - | 0.480 | - |" in body
     assert "- met: -sr sparsifies" in body and "PASS" not in body
 
 

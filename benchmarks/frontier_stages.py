@@ -155,7 +155,7 @@ def pipeline_method(text: str | None = None) -> str:
     """The frontier method that is the pipeline's default result: its STRATEGY with the option set
     LATENCY_AWARE picks (its final model is the plain finetune: see scripts/run_pipeline.sh)."""
     found = pipeline_variables(PIPELINE_SCRIPT.read_text() if text is None else text)
-    return f"ours {found.get('STRATEGY', '8x')} {'latency' if found.get('LATENCY_AWARE', '1') == '1' else 'default'}"
+    return f"ours {found.get('STRATEGY', '8x')} {'latency' if found.get('LATENCY_AWARE', '0') == '1' else 'default'}"
 
 
 def pipeline_budget(text: str | None = None) -> Budget:

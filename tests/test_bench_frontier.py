@@ -348,7 +348,7 @@ def test_comparisons_name_their_control_and_render(tmp_path):
     assert c["layers"]["delta_mAP50-95"] == pytest.approx(0.44 - 0.47) and c["layers"]["layers_cpu_ratio"] == 0.35
     lines = bf.format_comparisons(comps)
     assert len(lines) == 3 and "-0.020 mAP@.5:.95 (MISSED)" in lines[1]
-    assert fs.pipeline_method() == "ours 8x latency"  # scripts/run_pipeline.sh: STRATEGY=8x, LATENCY_AWARE=1
+    assert fs.pipeline_method() == "ours 8x default"  # scripts/run_pipeline.sh: STRATEGY=8x, LATENCY_AWARE=0
     assert fs.pipeline_method("STRATEGY=${STRATEGY:-3}\nLATENCY_AWARE=${LATENCY_AWARE:-0}\n") == "ours 3 default"
     s = _settings()
     report = {"benchmark": "frontier", "quick": False, "date": "2026-11-30T23:00:00", "rows": rows[:4],

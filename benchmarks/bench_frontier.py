@@ -370,10 +370,11 @@ def _versus(ours: dict, other: dict, control: str) -> dict:
 
 
 def comparisons(rows: Sequence[dict], points: Sequence[float], ours_method: str,
-                layers_method: str = fs.LAYER_METHOD) -> list[dict]:
+                layers_method: str = fs.LAYER_METHOD, channels_method: str = fs.LAYER_CHANNELS_METHOD) -> list[dict]:
     """Per FLOPs point: the pipeline's default result (``ours_method``) against the smaller model
     trained from scratch and against Torch-Pruning (met: test mAP@.5:.95 at least theirs), and
-    block + channel pruning against channel pruning alone. Rivals that did not run are left out."""
+    block + channel pruning (``layers_method``) against the same channel pruning alone
+    (``channels_method``). Rivals that did not run are left out."""
     out = []
     for point in points:
         ours = _at(rows, ours_method, point)
@@ -387,9 +388,9 @@ def comparisons(rows: Sequence[dict], points: Sequence[float], ours_method: str,
             other = _at(rows, method, point)
             if other is not None:
                 entry["versus"].append(_versus(ours, other, control))
-        layers = _at(rows, layers_method, point)
-        if layers is not None:
-            entry["layers"] = {**_versus(layers, ours, "channel pruning alone"), "layers_label": layers["label"],
+        layers, channels = _at(rows, layers_method, point), _at(rows, channels_method, point)
+        if layers is not None and channels is not None:
+            entry["layers"] = {**_versus(layers, channels, "channel pruning alone"), "layers_label": layers["label"],
                                "layers_cpu_ratio": layers.get("cpu_ratio"), "layers_onnx_ratio": layers.get("onnx_ratio"),
                                "layers_flops_ratio": layers.get("flops_ratio")}
         out.append(entry)
@@ -407,9 +408,9 @@ def format_comparisons(comps: Sequence[dict]) -> list[str]:
                          f"ONNX {c['onnx_ratio']:.3f} vs {v['onnx_ratio']:.3f}")
         if "layers" in c:
             v = c["layers"]
-            lines.append(f"{c['point']:g} FLOPs: {v['layers_label']} vs {c['ours']}: {v['delta_mAP50-95']:+.3f} "
-                         f"mAP@.5:.95; CPU ratio {v['layers_cpu_ratio']:.3f} vs {c['cpu_ratio']:.3f}, "
-                         f"ONNX {v['layers_onnx_ratio']:.3f} vs {c['onnx_ratio']:.3f}")
+            lines.append(f"{c['point']:g} FLOPs: {v['layers_label']} vs {v['label']}: {v['delta_mAP50-95']:+.3f} "
+                         f"mAP@.5:.95; CPU ratio {v['layers_cpu_ratio']:.3f} vs {v['cpu_ratio']:.3f}, "
+                         f"ONNX {v['layers_onnx_ratio']:.3f} vs {v['onnx_ratio']:.3f}")
     return lines
 
 

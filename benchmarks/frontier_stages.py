@@ -56,6 +56,7 @@ SPARSITY_SHARED = tuple(EXTRA_LAYERS.values())
 LAYER_OPTION_SET = "latency"
 LAYER_STRATEGY = "8x"
 LAYER_METHOD = f"ours layers+{LAYER_STRATEGY} {LAYER_OPTION_SET}"
+LAYER_CHANNELS_METHOD = f"ours {LAYER_STRATEGY} {LAYER_OPTION_SET}"  # the same channel pruning without the blocks
 # the strategies of the frontier (those with --layer_keep and sparsity of every prunable layer)
 PRUNE_SCRIPTS = {"3": "slim_prune_yolov5s.py", "8x": "slim_prune_yolov5s_8x.py"}
 # Torch-Pruning's regulariser strength: BNScalePruner's own default. It adds reg * sign(gamma) to the

@@ -386,11 +386,11 @@ def _frontier_comparisons(d: dict) -> list[str]:
                          "ONNX ratio ours vs theirs"], body), ""]
     layers = [c for c in comps if c.get("layers")]
     if layers:
-        lines += ["Residual blocks and channels removed (`layers+8x`) against channels alone (the pipeline's default) "
-                  "at the same FLOPs point:", ""]
+        lines += ["Residual blocks and channels removed (`layers+8x`) against the same channel pruning alone "
+                  f"(`{layers[0]['layers']['label']}`) at the same FLOPs point:", ""]
         body = [[f"{c['point']:g}", f_delta(v["delta_mAP50-95"]), f_delta(v["delta_mAP50"]),
-                 f"{f_ratio(v.get('layers_cpu_ratio'))} vs {f_ratio(c.get('cpu_ratio'))}",
-                 f"{f_ratio(v.get('layers_onnx_ratio'))} vs {f_ratio(c.get('onnx_ratio'))}"]
+                 f"{f_ratio(v.get('layers_cpu_ratio'))} vs {f_ratio(v.get('cpu_ratio'))}",
+                 f"{f_ratio(v.get('layers_onnx_ratio'))} vs {f_ratio(v.get('onnx_ratio'))}"]
                 for c in layers for v in [c["layers"]]]
         lines += [table(["FLOPs point", "Δ mAP@.5:.95 (blocks+channels minus channels)", "Δ mAP@.5",
                          "CPU ratio blocks+channels vs channels", "ONNX ratio blocks+channels vs channels"], body), ""]

@@ -331,34 +331,37 @@ def test_table_plot_and_readme_section(tmp_path):
 
 
 def test_comparisons_name_their_control_and_render(tmp_path):
-    rows = _rows()
-    for label, method, point, m, ratio in [("ours 8x latency, plain", "ours 8x latency", 0.3, 0.47, 0.40),
-                                           ("Torch-Pruning BNScalePruner, plain", "Torch-Pruning BNScalePruner", 0.3,
-                                            0.49, 0.45),
+    rows = _rows()  # the pipeline's default "ours 8x default" at 0.7 and 0.3 (0.51), scratch width 0.3 (0.45)
+    for label, method, point, m, ratio in [("Torch-Pruning BNScalePruner, plain", "Torch-Pruning BNScalePruner", 0.3,
+                                            0.53, 0.55),
+                                           ("ours 8x latency, plain", fs.LAYER_CHANNELS_METHOD, 0.3, 0.48, 0.42),
                                            ("ours layers+8x latency, plain", fs.LAYER_METHOD, 0.3, 0.44, 0.35)]:
         rows.append({"label": label, "method": method, "point": point, "mAP50-95": m, "mAP50": m + 0.3,
                      "flops_ratio": point, "cpu_ratio": ratio, "onnx_ratio": ratio})
-    comps = bf.comparisons(rows, (0.7, 0.5, 0.3), "ours 8x latency")
-    assert [c["point"] for c in comps] == [0.3]  # no pipeline-default row at 0.7 or 0.5
-    (c,) = comps
+    comps = bf.comparisons(rows, (0.7, 0.5, 0.3), "ours 8x default")
+    assert [c["point"] for c in comps] == [0.7, 0.3]  # no pipeline-default row at 0.5
+    assert comps[0]["versus"] == [] and "layers" not in comps[0]  # nothing else ran at 0.7
+    c = comps[1]
     by = {v["control"]: v for v in c["versus"]}
-    assert by["smaller model trained from scratch"]["delta_mAP50-95"] == pytest.approx(0.47 - 0.45)
+    assert by["smaller model trained from scratch"]["delta_mAP50-95"] == pytest.approx(0.51 - 0.45)
     assert by["smaller model trained from scratch"]["verdict"] == "met"
     assert by["Torch-Pruning"]["delta_mAP50-95"] == pytest.approx(-0.02) and by["Torch-Pruning"]["verdict"] == "MISSED"
-    assert c["layers"]["delta_mAP50-95"] == pytest.approx(0.44 - 0.47) and c["layers"]["layers_cpu_ratio"] == 0.35
+    # blocks + channels against the same channel pruning alone, not against the pipeline's default
+    assert c["layers"]["delta_mAP50-95"] == pytest.approx(0.44 - 0.48) and c["layers"]["layers_cpu_ratio"] == 0.35
+    assert c["layers"]["label"] == "ours 8x latency, plain" and c["layers"]["cpu_ratio"] == 0.42
     lines = bf.format_comparisons(comps)
-    assert len(lines) == 3 and "-0.020 mAP@.5:.95 (MISSED)" in lines[1]
+    assert len(lines) == 3 and "-0.020 mAP@.5:.95 (MISSED)" in lines[1] and "CPU ratio 0.350 vs 0.420" in lines[2]
     assert fs.pipeline_method() == "ours 8x default"  # scripts/run_pipeline.sh: STRATEGY=8x, LATENCY_AWARE=0
-    assert fs.pipeline_method("STRATEGY=${STRATEGY:-3}\nLATENCY_AWARE=${LATENCY_AWARE:-0}\n") == "ours 3 default"
+    assert fs.pipeline_method("STRATEGY=${STRATEGY:-3}\nLATENCY_AWARE=${LATENCY_AWARE:-1}\n") == "ours 3 latency"
     s = _settings()
     report = {"benchmark": "frontier", "quick": False, "date": "2026-11-30T23:00:00", "rows": rows[:4],
               "settings": {**bf.asdict(s), "total_epochs": s.budget.total}, "comparisons": comps,
-              "pipeline_method": "ours 8x latency", "missing_rows": ["tp_ft_f0.7_plain_s0"]}
+              "pipeline_method": "ours 8x default", "missing_rows": ["tp_ft_f0.7_plain_s0"]}
     for r in report["rows"]:
         r.update(params=1e6, cpu_ms=1.0, onnx_ms=1.0)
     body = "\n".join(urr.render_frontier(report))
     assert "| 0.3 | Torch-Pruning BNScalePruner, plain | -0.020 |" in body and "| MISSED |" in body
-    assert "| 0.3 | -0.030 |" in body and "0.350 vs 0.400" in body
+    assert "| 0.3 | -0.040 |" in body and "0.350 vs 0.420" in body and "(`ours 8x latency, plain`)" in body
     assert "Not run yet" in body and "`tp_ft_f0.7_plain_s0`" in body
 
 

@@ -24,7 +24,10 @@ interleaved (ours, upstream, ours, upstream, ...) because the machine is shared:
   ``--skip`` to the end of the epoch's loop: forward, loss, backward, optimizer/EMA steps and any wait
   for data, in steady state (no start-up, autoanchor, validation or checkpointing). A side's figure
   is the median over rounds of its images/s over all measured epochs of a round; the ratio ours /
-  upstream is the median of the per-round paired ratios (``train_round_ratios``). The CPU time of the
+  upstream is the median of the per-round paired ratios (``train_round_ratios``). Ours trains in the
+  default layout (what ``train.py`` does unless told otherwise, and what the met/NOT met verdict is
+  about) and, in the same round, once more with the opt-in ``--channels-last`` (side ``ours-nhwc``;
+  ``--no-channels-last`` skips it), paired with upstream and with the default layout. The CPU time of the
   training thread over the same span is recorded too: with one intra-op thread it holds all model
   work, and its ratio checks that another process competing for the two cores did not make the
   wall-clock ratio.
@@ -116,7 +119,7 @@ def _threads() -> int:
 
 
 # =============================================================================================
-# the four measured roles (run in subprocesses)
+# the measured roles (run in subprocesses)
 # =============================================================================================
 def timed_loader_factory(original, log: list):
     """Wrap a create_dataloader function so that its augmenting (training) loader is timed."""
@@ -126,8 +129,9 @@ def timed_loader_factory(original, log: list):
     return create
 
 
-def role_ours_train(opt: argparse.Namespace) -> dict:
-    """train.py main() with its training loader timed (the engine's create_dataloader wrapped)."""
+def role_ours_train(opt: argparse.Namespace, channels_last: bool = False) -> dict:
+    """train.py main() with its training loader timed (the engine's create_dataloader wrapped); the
+    default layout unless ``channels_last`` (the opt-in ``--channels-last`` of train.py)."""
     sys.path.insert(0, str(ROOT))
     import utils.engine as engine
     import train as train_cli
@@ -138,8 +142,12 @@ def role_ours_train(opt: argparse.Namespace) -> dict:
                     "--data", opt.data, "--cfg", str(ROOT / "models" / "yolov5n.yaml"), "--weights", "",
                     "--workers", str(opt.workers), "--device", "cpu", "--seed", "0",
                     "--project", opt.project, "--name", opt.name, "--exist-ok",
-                    "--channels-last"])  # the NHWC training the measured numbers were taken with
-    return {"threads": _threads(), **steady_rate(log, opt.skip)}
+                    *(["--channels-last"] if channels_last else [])])
+    return {"threads": _threads(), "channels_last": channels_last, **steady_rate(log, opt.skip)}
+
+
+def role_ours_nhwc_train(opt: argparse.Namespace) -> dict:
+    return role_ours_train(opt, channels_last=True)
 
 
 def _prepare_upstream() -> None:
@@ -230,7 +238,8 @@ def role_upstream_val(opt: argparse.Namespace) -> dict:
             "mAP50": last["mAP50"], "mAP50-95": last["mAP50-95"]}
 
 
-ROLES = {"ours-train": role_ours_train, "upstream-train": role_upstream_train,
+ROLES = {"ours-train": role_ours_train, "ours-nhwc-train": role_ours_nhwc_train,
+         "upstream-train": role_upstream_train,
          "ours-val": role_ours_val, "upstream-val": role_upstream_val}
 
 
@@ -381,6 +390,14 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
             ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
             s[f"{task}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
             s[f"{task}_ratio{suffix}"] = _median(ratios)
+        if task == "train" and runs.get("ours-nhwc-train"):
+            # the opt-in layout, paired with upstream and with the default layout of the same round
+            for name, other in (("train_nhwc", "upstream-train"), ("train_nhwc_vs_default", "ours-train")):
+                pairs = paired_rounds(runs["ours-nhwc-train"], runs.get(other, []))
+                for metric, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_cpu")):
+                    ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
+                    s[f"{name}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
+                    s[f"{name}_ratio{suffix}"] = _median(ratios)
         ratio = s[f"{task}_ratio"]
         s[f"{task}_target"] = target
         s[f"{task}_pass"] = None if ratio is None else ratio >= target
@@ -403,13 +420,25 @@ def format_table(s: dict, opt: argparse.Namespace) -> str:
     lines = ["| images/s (median of runs) | ours | upstream v7.0 | ours / upstream | target "
              "| runs: ours; upstream | ratio by CPU time |",
              "| --- | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for title, task, target in rows:
-        o, u = s.get(f"ours-{task}", {}), s.get(f"upstream-{task}", {})
-        ratio = s.get(f"{task}_ratio")
-        verdict = "" if ratio is None else (" met" if ratio >= target else " NOT met")
+    def row(title, ours_key, task, prefix, target):
+        o, u = s.get(ours_key, {}), s.get(f"upstream-{task}", {})
+        ratio = s.get(f"{prefix}_ratio")
+        verdict = "" if ratio is None or target is None else (" met" if ratio >= target else " NOT met")
         runs = "; ".join(", ".join(f"{v:.2f}" for v in side.get("runs", [])) for side in (o, u))
-        lines.append(f"| {title} | {f(o.get('median_images_per_s'))} | {f(u.get('median_images_per_s'))} | "
-                     f"{fx(ratio)}{verdict} | {target:.1f}x | {runs} | {fx(s.get(f'{task}_ratio_cpu'))} |")
+        return (f"| {title} | {f(o.get('median_images_per_s'))} | {f(u.get('median_images_per_s'))} | "
+                f"{fx(ratio)}{verdict} | {'-' if target is None else f'{target:.1f}x'} | {runs} | "
+                f"{fx(s.get(f'{prefix}_ratio_cpu'))} |")
+
+    for title, task, target in rows:
+        lines.append(row(title, f"ours-{task}", task, task, target))
+        if task == "train" and s.get("ours-nhwc-train", {}).get("runs"):
+            lines.append(row("train as above, ours with the opt-in `--channels-last`", "ours-nhwc-train",
+                             "train", "train_nhwc", None))
+    if s.get("train_nhwc_vs_default_ratio") is not None:
+        lines += ["", f"Training with `--channels-last` / the default layout, paired per round: "
+                      f"{fx(s['train_nhwc_vs_default_ratio'])} by wall clock "
+                      f"({', '.join(f'{v:.2f}' for v in s['train_nhwc_vs_default_round_ratios'])}), "
+                      f"{fx(s.get('train_nhwc_vs_default_ratio_cpu'))} by CPU time."]
     o, u = s.get("ours-val", {}), s.get("upstream-val", {})
     hits = u.get("nms_time_limit_hits")
     note = f", NMS time limit hit {'/'.join(map(str, hits))} times per run" if hits is not None else ""
@@ -438,6 +467,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upstream-venv", default=str(ROOT / ".venv-upstream"))
     p.add_argument("--no-setup", action="store_true", help="do not create the upstream environment")
     p.add_argument("--no-upstream", action="store_true", help="measure ours only")
+    p.add_argument("--no-channels-last", action="store_true",
+                   help="train ours in the default layout only (by default each round also trains with "
+                        "train.py --channels-last)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench" / "throughput"), help="scratch folder")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "throughput.json"))
     p.add_argument("--timeout", type=float, default=420, help="seconds allowed per measured subprocess")
@@ -470,31 +502,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_upstream(Path(opt.upstream_venv), not opt.no_setup)
     if up_py is None:
         print(f"Upstream not measured: {up_note}", flush=True)
-    sides = [("ours", Path(sys.executable))] + ([("upstream", up_py)] if up_py else [])
+    ours_py = Path(sys.executable)
+    sides = {task: [("ours", ours_py)]
+             + ([("ours-nhwc", ours_py)] if task == "train" and not opt.no_channels_last else [])
+             + ([("upstream", up_py)] if up_py else []) for task in opt.tasks}
     common = ["--img", str(opt.img), "--batch", str(opt.batch), "--workers", str(opt.workers)]
-    runs: dict[str, list[dict]] = {f"{side}-{task}": [] for side, _ in sides for task in opt.tasks}
+    runs: dict[str, list[dict]] = {f"{side}-{task}": [] for task in opt.tasks for side, _ in sides[task]}
     loads = [_load()]
     for r in range(opt.rounds):
         for task in opt.tasks:
-            for side, py in sides:
+            for side, py in sides[task]:
                 tag = f"{side}-{task}-{r}"
+                folder = "upstream" if side == "upstream" else "ours"
                 if task == "train":
                     args = common + ["--epochs", str(opt.epochs), "--skip", str(opt.skip),
-                                     "--data", data[side]["train"], "--project", str(work / "runs"),
+                                     "--data", data[folder]["train"], "--project", str(work / "runs"),
                                      "--name", tag]
                 else:
                     args = common + ["--val-calls", str(opt.val_calls), "--weights", opt.weights,
-                                     "--data", data[side]["val"], "--project", str(work / "runs"),
+                                     "--data", data[folder]["val"], "--project", str(work / "runs"),
                                      "--name", tag]
                 res = run_role(f"{side}-{task}", py, args, work, tag, opt.timeout)
                 runs[f"{side}-{task}"].append(res)
                 loads.append(_load())
                 msg = res.get("error") or f"{res['images_per_s']:.2f} images/s"
-                print(f"round {r + 1}/{opt.rounds} {side:8s} {task:5s}: {msg} ({res['wall_s']:.0f}s)",
+                print(f"round {r + 1}/{opt.rounds} {side:9s} {task:5s}: {msg} ({res['wall_s']:.0f}s)",
                       flush=True)
     for task in ("train", "val"):  # keep the summary's shape when a task was not run
         for side in ("ours", "upstream"):
             runs.setdefault(f"{side}-{task}", [])
+    runs.setdefault("ours-nhwc-train", [])
     s = summarise(runs)
     table = format_table(s, opt)
     print("\n" + table)
@@ -513,10 +550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"OMP_NUM_THREADS=1; wall time of the last of {opt.val_calls} full evaluations (model "
                    f"load + dataset + loop + NMS + metrics) in one process; median over rounds; CPU time "
                    f"of the evaluating process (not its loader worker) alongside",
-            "order": "interleaved: ours then upstream, per task, per round",
+            "train_layouts": "ours in the default layout (the default, exact float32 BatchNorm) and, "
+                             "as 'ours-nhwc', with train.py --channels-last (opt-in)",
+            "order": "interleaved per task, per round: ours, ours --channels-last (train), upstream",
         },
         "settings": {k: getattr(opt, k) for k in ("rounds", "img", "batch", "epochs", "train_images", "skip",
-                                                  "workers", "val_calls")},
+                                                  "workers", "val_calls", "no_channels_last")},
         "upstream": {"available": up_py is not None, "note": up_note, "package": "yolov5==7.0.14"},
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                     "python": platform.python_version(), "load_average_1min": loads},

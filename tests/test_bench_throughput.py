@@ -30,3 +30,15 @@ def test_a_failed_round_drops_its_pair_only():
     s = bt.summarise({"ours-train": ours, "upstream-train": upstream})
     assert s["train_round_ratios"] == [1.0, 0.9]
     assert s["train_pass"] is False
+
+
+def test_channels_last_rounds_pair_with_upstream_and_with_the_default_layout():
+    ours = [run(10, 10), run(5, 5)]
+    nhwc = [run(12, 12), run(5.5, 5.5)]
+    upstream = [run(8, 8), run(5, 5)]
+    s = bt.summarise({"ours-train": ours, "ours-nhwc-train": nhwc, "upstream-train": upstream})
+    assert s["train_round_ratios"] == [1.25, 1.0]
+    assert s["train_nhwc_round_ratios"] == [1.5, 1.1]
+    assert s["train_nhwc_vs_default_round_ratios"] == [1.2, 1.1]
+    # the met/NOT met verdict is the default layout's
+    assert s["train_pass"] is True and s["train_ratio"] == 1.125

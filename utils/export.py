@@ -37,7 +37,7 @@ import yaml
 
 from .errors import UserError
 from .fileio import atomic_folder, atomic_write
-from .backends import openvino_core, require_openvino
+from .backends import openvino_core, openvino_cpu_config, require_openvino
 from .onnx_backend import MissingDependencyError, is_onnx, require_onnx, require_onnxruntime
 
 __all__ = ["ExportError", "ExportCheckError", "CheckResult", "INPUT_NAME", "OUTPUT_NAME", "NMS_OUTPUT_NAME",
@@ -442,7 +442,7 @@ def write_openvino_metadata(folder: Path, stem: str, metadata: dict) -> None:
 
 
 def check_openvino(xml: Path, model: nn.Module, spec: ExportSpec) -> list[CheckResult]:
-    compiled = openvino_core().compile_model(str(xml), "CPU")
+    compiled = openvino_core().compile_model(str(xml), "CPU", openvino_cpu_config())
     shapes = _check_shapes(spec.img_size, spec.batch, spec.dynamic, int(max(model.stride.tolist())))
     return compare_runtime(lambda x: compiled(x)[0], model, shapes, str(xml), spec.rel_tol)
 

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from models import Darknet, ModelCfg, make_activation
+from utils.backends import openvino_cpu_config
 from utils.errors import UserError
 from utils.fileio import atomic_write_text
 
@@ -194,8 +195,7 @@ def _openvino_runner(module: nn.Module, shape: Sequence[int], bench: Bench) -> R
     with tempfile.TemporaryDirectory() as folder:  # read_model takes a path; the compiled model is in memory
         path = Path(folder) / "model.onnx"
         path.write_bytes(_onnx_bytes(module, shape))
-        compiled = core.compile_model(core.read_model(str(path)), "CPU",
-                                      {"INFERENCE_NUM_THREADS": bench.threads})
+        compiled = core.compile_model(core.read_model(str(path)), "CPU", openvino_cpu_config(bench.threads))
     request = compiled.create_infer_request()
     x = torch.rand(*shape).numpy()
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -127,10 +128,29 @@ def machine_text(d: dict) -> str:
     return ", ".join(parts)
 
 
+def commit_time(path: Path) -> str | None:
+    """When the last commit that touched ``path`` was made, if it is committed as it is now (a clone
+    gives every file a new modification time; the commit time stays), else None."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args, "--", path.name], cwd=path.parent, capture_output=True,
+                              text=True, timeout=30, check=True).stdout.strip()
+    try:
+        if git("status", "--porcelain"):
+            return None  # changed since its last commit
+        stamp = git("log", "-1", "--format=%cI")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return stamp.replace("T", " ")[:16] if stamp else None
+
+
 def date_text(d: dict, path: Path) -> str:
-    """The recorded date; files that record none are dated by their modification time, and say so."""
+    """The recorded date; files that record none are dated by their last commit or, uncommitted,
+    by their modification time, and say which."""
     if d.get("date"):
         return str(d["date"]).replace("T", " ")[:16]
+    committed = commit_time(path)
+    if committed:
+        return f"{committed} (commit time)"
     mtime = _dt.datetime.fromtimestamp(path.stat().st_mtime).isoformat(sep=" ", timespec="minutes")
     return f"{mtime} (file time)"
 

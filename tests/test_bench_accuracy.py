@@ -1,6 +1,7 @@
 """The accuracy benchmarks' pure parts and the README results generator (no training here: the
 benchmarks themselves are exercised end to end by their --quick mode)."""
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -358,3 +359,18 @@ def test_held_out_split_falls_back_to_val(tmp_path):
     assert ac.held_out_split(str(with_test / "dataset.yaml")) == "test"
     assert ac.held_out_split(str(without / "dataset.yaml")) == "val"
     assert ac.held_out_split(None) == "test"  # the built-in dataset has a held-out split
+
+
+def test_results_without_a_date_are_dated_by_their_commit_until_changed(tmp_path):
+    import subprocess
+    path = tmp_path / "onnx_latency.json"
+    path.write_text("{}")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["add", path.name], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-q", "-m", "r", "--date=2001-02-03T04:05:00"], cwd=tmp_path, check=True,
+                   env={**os.environ, "GIT_COMMITTER_DATE": "2001-02-03T04:05:00"})
+    assert urr.date_text({}, path) == "2001-02-03 04:05 (commit time)"  # a clone's file times don't matter
+    path.write_text('{"a": 1}')
+    assert urr.date_text({}, path).endswith("(file time)")
+    assert urr.date_text({"date": "2020-01-01T10:00:00"}, path) == "2020-01-01 10:00"

@@ -12,7 +12,8 @@ both sides run the same kernels. When upstream cannot be installed or run, the r
 still gives our figures.
 
 What runs, each in a fresh subprocess with ``OMP_NUM_THREADS=1`` and the same number of loader workers,
-interleaved (ours, upstream, ours, upstream, ...) because the machine is shared:
+interleaved (ours, then for training ours with ``--channels-last``, then upstream, round after
+round) because the machine is shared:
 
 * **train**: from-scratch yolov5n (``models/yolov5n.yaml`` / upstream's ``yolov5n.yaml``), the same
   images (the first ``--train-images`` of the built-in dataset's training split, a copy per side so the
@@ -369,6 +370,18 @@ def paired_rounds(ours: list[dict], upstream: list[dict]) -> list[tuple[dict, di
     return [(a, b) for a, b in zip(ours, upstream) if "error" not in a and "error" not in b]
 
 
+def paired_ratios(name: str, ours: list[dict], other: list[dict]) -> dict[str, Any]:
+    """``<name>_round_ratios`` and ``<name>_ratio`` (their median), by wall clock and (``_cpu``) by
+    CPU time, of the rounds both lists finished."""
+    pairs = paired_rounds(ours, other)
+    out: dict[str, Any] = {}
+    for metric, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_cpu")):
+        ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
+        out[f"{name}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
+        out[f"{name}_ratio{suffix}"] = _median(ratios)
+    return out
+
+
 def summarise(runs: dict[str, list[dict]]) -> dict:
     """Medians per side and task (wall-clock and CPU-time images/s) and the ratios ours / upstream:
     the median over rounds of the per-round paired ratio."""
@@ -385,19 +398,11 @@ def summarise(runs: dict[str, list[dict]]) -> dict:
                 s[key]["nms_time_limit_hits"] = [r.get("nms_time_limit_hits", 0) for r in ok]
     for task, target in (("train", TRAIN_TARGET), ("val", VAL_TARGET)):
         ours, up = s.get(f"ours-{task}", {}), s.get(f"upstream-{task}", {})
-        pairs = paired_rounds(runs.get(f"ours-{task}", []), runs.get(f"upstream-{task}", []))
-        for metric, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_cpu")):
-            ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
-            s[f"{task}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
-            s[f"{task}_ratio{suffix}"] = _median(ratios)
+        s.update(paired_ratios(task, runs.get(f"ours-{task}", []), runs.get(f"upstream-{task}", [])))
         if task == "train" and runs.get("ours-nhwc-train"):
             # the opt-in layout, paired with upstream and with the default layout of the same round
-            for name, other in (("train_nhwc", "upstream-train"), ("train_nhwc_vs_default", "ours-train")):
-                pairs = paired_rounds(runs["ours-nhwc-train"], runs.get(other, []))
-                for metric, suffix in (("images_per_s", ""), ("images_per_cpu_s", "_cpu")):
-                    ratios = [a[metric] / b[metric] for a, b in pairs if a.get(metric) and b.get(metric)]
-                    s[f"{name}_round_ratios{suffix}"] = [round(r, 4) for r in ratios]
-                    s[f"{name}_ratio{suffix}"] = _median(ratios)
+            s.update(paired_ratios("train_nhwc", runs["ours-nhwc-train"], runs.get("upstream-train", [])))
+            s.update(paired_ratios("train_nhwc_vs_default", runs["ours-nhwc-train"], runs.get("ours-train", [])))
         ratio = s[f"{task}_ratio"]
         s[f"{task}_target"] = target
         s[f"{task}_pass"] = None if ratio is None else ratio >= target

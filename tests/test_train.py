@@ -113,6 +113,7 @@ def test_sparsity_training_shrinks_gammas(tiny_data, tmp_path):
         assert (tmp_path / "s1" / f).exists()
     header = (tmp_path / "s1" / "results.csv").read_text().splitlines()[0]
     assert "sparsity/gamma_lt_0.01" in header and "sparsity/safe_ratio" in header
+    assert "sparsity/pile" in header and "sparsity/bimodal" in header
 
 
 def test_sparsity_prune0_selects_strategy1_layers(tiny_data, tmp_path):

@@ -367,9 +367,12 @@ class SparsityLogger(Hook):
     def after_epoch(self, trainer, epoch: int, row: dict) -> None:
         g = bn_gammas(trainer.model, self.layers)
         stats = gamma_stats(g)
+        split = bimodality(g)
         row.update({f"sparsity/{k}": v for k, v in stats.items()})
+        row.update({"sparsity/pile": split["low_share"], "sparsity/valley": split["valley_share"],
+                    "sparsity/group": split["high_share"], "sparsity/bimodal": float(split["bimodal"])})
         self.snapshots.append((epoch, torch.cat(g).numpy()))
-        print(_stats_line(stats), flush=True)
+        print(_stats_line(stats, split), flush=True)
         if self.tb is not None:
             self.tb.add_histogram("bn_weights/hist", torch.cat(g).numpy(), epoch, bins="doane")
 
@@ -384,6 +387,10 @@ class SparsityLogger(Hook):
         plot_gamma_boxes(self.first or g, g, self.layers, self.save_dir / "gamma_layers.png")
 
 
-def _stats_line(stats: dict) -> str:
-    return (f"sparsity: mean|gamma| {stats['gamma_mean']:.4g}  <0.01 {stats['gamma_lt_0.01']:.1%}  "
+def _stats_line(stats: dict, split: dict | None = None) -> str:
+    line = (f"sparsity: mean|gamma| {stats['gamma_mean']:.4g}  <0.01 {stats['gamma_lt_0.01']:.1%}  "
             f"<0.001 {stats['gamma_lt_0.001']:.1%}  safe prune ratio {stats['safe_ratio']:.3f}")
+    if split is not None:  # see bimodality(): shares of |gamma| / p95 in the pile, valley and group
+        line += (f"  pile {split['low_share']:.1%} valley {split['valley_share']:.1%} "
+                 f"group {split['high_share']:.1%} bimodal {'yes' if split['bimodal'] else 'no'}")
+    return line

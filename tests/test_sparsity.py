@@ -196,6 +196,42 @@ def test_hoyer_penalty_in_both_forms():
     assert v[1] == 0 and 0 < v[0] < 0.004 and v[2] > 3.0  # zero stays zero, the small shrink, the large grow
 
 
+def test_polarization_direction_is_the_gradient_of_its_penalty():
+    g = torch.tensor([0.0, 0.1, -0.2, 0.5, 1.0, -1.5], dtype=torch.float64)
+    m = g.abs().mean()
+    d = pull_direction(g, "polarization", m, polar_t=1.2)
+    # t * sum|gamma| - sum| |gamma| - m |, differentiated with the mean held fixed (it is one shared level)
+    x = g.clone().requires_grad_(True)
+    (1.2 * x.abs().sum() - (x.abs() - m).abs().sum()).backward()
+    assert torch.allclose(d, x.grad)
+    below, above = g.abs() < m, g.abs() > m
+    assert torch.allclose(d[below & (g != 0)].abs(), torch.tensor(2.2, dtype=torch.float64))  # t + 1
+    assert torch.allclose(d[above].abs(), torch.tensor(0.2, dtype=torch.float64))  # t - 1
+    assert d[0] == 0 and (d * g >= 0).all()  # always toward zero, a zero stays zero
+    assert torch.equal(pull_direction(g, "polarization", polar_t=1.2), d)  # default mean: the layer's own
+    with pytest.raises(ValueError, match="--sr-polar-t"):
+        SparsityHook([0], penalty="polarization", polar_t=0.8)
+
+
+def test_polarization_penalty_in_both_forms_uses_the_mean_over_all_layers():
+    model = _model_with_grads()
+    layers = _layers(model)[:2]
+    ws = [model.module_list[i].BatchNorm2d.weight for i in layers]
+    with torch.no_grad():
+        ws[0].fill_(0.5)
+        ws[1].fill_(2.0)  # the shared mean lies between the layers: the first is below it, the second above
+    m = torch.cat([w.detach().flatten() for w in ws]).mean()
+    g0 = [w.grad.clone() for w in ws]
+    SparsityHook(layers, scale=0.01, penalty="polarization", polar_t=1.0).apply(model, n_micro=2)
+    assert torch.allclose(ws[0].grad, g0[0] + 2 * 0.01 * 2.0)  # below the mean: (t + 1) s per micro-batch
+    assert torch.allclose(ws[1].grad, g0[1])  # above the mean with t = 1: no pull
+    assert 0.5 < m < 2.0
+    opt = torch.optim.SGD([{"params": ws, "lr": 0.1}])
+    SparsityHook(layers, scale=3.0, form="decoupled", penalty="polarization", polar_t=1.5).apply_decoupled(model, opt)
+    assert torch.allclose(ws[0].detach(), torch.zeros_like(ws[0]))  # 0.5 - 0.1 * 3 * 2.5 < 0: clipped at zero
+    assert torch.allclose(ws[1].detach(), torch.full_like(ws[1], 2.0 - 0.1 * 3.0 * 0.5))  # (t - 1) s
+
+
 def test_slide_fit_tells_a_slide_from_a_reordering():
     rng = np.random.default_rng(0)
     ref = [np.abs(rng.normal(1.0, 0.3, 200)), np.abs(rng.normal(1.2, 0.2, 100))]  # two layers

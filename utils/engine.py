@@ -152,8 +152,11 @@ class TrainConfig:
     sr_schedule: str = _opt("constant", "strength over the epochs", "--sr-schedule", group="sparsity",
                             choices=["constant", "global", "local"])
     sr_penalty: str = _opt("l1", "l1: s * |gamma| (the original); hoyer: the same pull on small gammas with each "
-                           "layer's norm kept (scale-invariant, see utils/prune/sparsity.py)", "--sr-penalty",
-                           group="sparsity", choices=["l1", "hoyer"])
+                           "layer's norm kept (scale-invariant); polarization: (t+1) s below the mean |gamma|, "
+                           "(t-1) s above it, the channels split (see utils/prune/sparsity.py)", "--sr-penalty",
+                           group="sparsity", choices=["l1", "hoyer", "polarization"])
+    sr_polar_t: float = _opt(1.2, "polarization penalty: t >= 1, the pull on channels above the mean |gamma| "
+                             "is (t-1) s", "--sr-polar-t", group="sparsity", type=nonneg_float)
     sr_decay_epoch_frac: float = _opt(0.5, "fraction of the epochs after which global/local decay starts",
                                       "--sr-decay-epoch-frac", group="sparsity", type=fraction)
     sr_decay_factor: float = _opt(0.01, "decayed strength = s * factor", "--sr-decay-factor",

@@ -29,6 +29,17 @@ Two penalties (``SparsityHook.penalty``, ``--sr-penalty``):
   ``mean(gamma^2) / mean|gamma|`` down and pushes those above it up: the layer's channels separate
   and the data term decides which side each lands on.
 
+* ``"polarization"``: ``s * (t * sum|gamma| - sum| |gamma| - mean|gamma| |)`` with the mean over all
+  regularised channels (``--sr-polar-t``, ``t >= 1``), per channel the pull ``sign(gamma) * (t - 1)`` on
+  channels above the mean and ``sign(gamma) * (t + 1)`` on those below it. Why: L1 pulls every channel
+  alike, so an unimportant channel and an important one only part where the data term pushes back,
+  and over a short run the channels in transit fill the gap (the valley). The second term's
+  minimisers are two-valued (zero and a common level), so channels below the mean fall toward zero
+  quickly while those above it feel only ``t - 1`` of the pull: the distribution splits around the
+  mean and the data term moves an important channel to the upper side. (Zhuang et al., "Neuron-level
+  structured pruning using polarization regularizer", NeurIPS 2020, proposed this regulariser for
+  BatchNorm scaling factors.)
+
 ``k`` is the number of accumulated micro-batches by default, which reproduces the original method's
 per-iteration update. The detection loss is a sum over the images of a step, so with that default the
 penalty's weight relative to the data term is about ``s / batch_size``: halving the batch doubles the
@@ -60,7 +71,7 @@ __all__ = ["SparsityHook", "SparsityLogger", "bn_gammas", "gamma_stats", "quanti
 
 REFERENCE_BATCH = 16  # batch size at which --sr-per-image equals the default strength
 FORMS = ("gradient", "decoupled")
-PENALTIES = ("l1", "hoyer")
+PENALTIES = ("l1", "hoyer", "polarization")
 TABLE_QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 
@@ -69,12 +80,18 @@ def sparsity_form(optimizer: str) -> str:
     return "gradient" if optimizer == "SGD" else "decoupled"
 
 
-def pull_direction(gamma: torch.Tensor, penalty: str = "l1") -> torch.Tensor:
+def pull_direction(gamma: torch.Tensor, penalty: str = "l1", mean_abs: float | None = None,
+                   polar_t: float = 1.2) -> torch.Tensor:
     """The direction the penalty pulls one layer's gammas (per channel; see the module docstring):
-    ``sign(gamma)`` for l1; ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)`` for hoyer."""
+    ``sign(gamma)`` for l1; ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)`` for hoyer;
+    ``sign(gamma) * (polar_t - sign(|gamma| - mean_abs))`` for polarization, ``mean_abs`` being the
+    mean |gamma| over all regularised channels (this layer's when None)."""
     sign = torch.sign(gamma)
     if penalty == "l1":
         return sign
+    if penalty == "polarization":
+        m = gamma.abs().mean() if mean_abs is None else mean_abs
+        return sign * (polar_t - torch.sign(gamma.abs() - m))
     if penalty != "hoyer":
         raise ValueError(f"sparsity penalty {penalty!r}: use one of {', '.join(PENALTIES)}")
     m2 = gamma.square().mean()
@@ -252,6 +269,7 @@ class SparsityHook(Hook):
     epoch: int = 0
     form: str = "gradient"
     penalty: str = "l1"
+    polar_t: float = 1.2
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -263,6 +281,9 @@ class SparsityHook(Hook):
             raise ValueError(f"sparsity form {self.form!r}: use one of {', '.join(FORMS)}")
         if self.penalty not in PENALTIES:
             raise ValueError(f"--sr-penalty {self.penalty}: use one of {', '.join(PENALTIES)}")
+        if not self.polar_t >= 1:
+            raise ValueError(f"--sr-polar-t {self.polar_t}: must be >= 1 (below 1 the channels above the mean "
+                             "would be pushed up without bound)")
 
     def decayed(self, epoch: int | None = None) -> bool:
         """Whether the decay of the global/local schedules is active at ``epoch``."""
@@ -302,27 +323,38 @@ class SparsityHook(Hook):
         params = self._params(model)
         if not params:
             return
+        m = self._mean_abs(params)
         for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-            p.grad.add_(s * pull_direction(p.detach(), self.penalty))
+            p.grad.add_(s * pull_direction(p.detach(), self.penalty, m, self.polar_t))
         self.applied += 1
+
+    def _mean_abs(self, params: list[torch.Tensor]) -> torch.Tensor | None:
+        """Polarization: the mean |gamma| over all regularised channels (None for the other penalties)."""
+        if self.penalty != "polarization":
+            return None
+        return torch.cat([p.detach().abs().flatten() for p in params]).mean()
 
     @torch.no_grad()
     def apply_decoupled(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_micro: int = 1,
                         n_images: int = REFERENCE_BATCH) -> None:
         """Decoupled form, after the step, with ``t = lr * k * s / (1 - beta1)``: l1, the soft
         threshold ``gamma <- sign(gamma) * max(|gamma| - t, 0)``; hoyer, the same threshold plus
-        ``t * gamma * mean|gamma| / mean(gamma^2)`` (the layer's statistics before the step)."""
+        ``t * gamma * mean|gamma| / mean(gamma^2)`` (the layer's statistics before the step);
+        polarization, the soft threshold with ``t * (polar_t - sign(|gamma| - mean|gamma|))`` per channel."""
         params = self._params(model)
         if not params:
             return
         pull = {id(p): g["lr"] / (1.0 - g.get("betas", (0.0,))[0]) for g in optimizer.param_groups
                 for p in g["params"]}
+        m = self._mean_abs(params)
         for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
             threshold = pull[id(p)] * s
+            if m is not None:  # polar_t >= 1: every channel's threshold is >= 0
+                threshold = threshold * pull_direction(p, self.penalty, m, self.polar_t).abs()
             # hoyer: the part of the pull that is not the L1 sign, -t * gamma * mean|gamma| / mean(gamma^2)
-            push = threshold * (torch.sign(p) - pull_direction(p, self.penalty)) if self.penalty != "l1" else None
+            push = threshold * (torch.sign(p) - pull_direction(p, self.penalty)) if self.penalty == "hoyer" else None
             p.copy_(torch.sign(p) * (p.abs() - threshold).clamp_(min=0))
             if push is not None:
                 p.add_(push)

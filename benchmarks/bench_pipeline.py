@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy_common as ac  # noqa: E402
 
 ENV_VARS = ["DATA", "CFG", "WEIGHTS", "IMG", "BATCH", "NBS", "OPTIMIZER", "EPOCHS", "SP_EPOCHS", "FT_EPOCHS",
-            "SCALE", "STRATEGY", "PERCENT", "LAYER_KEEP", "TARGET_FLOPS", "NAME", "DEVICE", "WORKERS",
-            "NTRAIN", "QUICK", "CONTROLS", "PYTHON"]
+            "SCALE", "SR_PENALTY", "SR_POLAR_T", "SP_OPTIMIZER", "SP_HYP", "STRATEGY", "PERCENT", "LAYER_KEEP",
+            "TARGET_FLOPS", "LAYERS", "LATENCY_AWARE", "NAME", "DEVICE", "WORKERS", "NTRAIN", "QUICK", "CONTROLS",
+            "PYTHON"]
 STAGE_KEYS = ["epochs", "img", "batch_size", "nbs", "optimizer", "seed", "max_train_images", "weights",
               "sr", "scale", "prune", "distill", "t_weights"]
 STAGES = ["base", "sparse", "finetune", "finetune_distill", "control_sparse", "control_final", "scratch_small"]

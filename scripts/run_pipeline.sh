@@ -7,7 +7,7 @@
 #
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
-# FT_EPOCHS SCALE STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
+# FT_EPOCHS SCALE SR_PENALTY (l1, hoyer or polarization; default l1) SR_POLAR_T STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
 # PYTHON QUICK HYP (step 1) FT_HYP (step 4) SP_HYP SP_OPTIMIZER (step 2 and its control; default
 # FT_HYP, OPTIMIZER) LATENCY_AWARE (default 0: the original ranking, the most accurate per CPU latency in the frontier
 # benchmark; 1: prune with --latency-aware and regularise what it prunes) INT8 (1: quantize the final model to INT8 with
@@ -41,6 +41,8 @@ DEVICE=${DEVICE:-}
 STRATEGY=${STRATEGY:-8x}
 LAYER_KEEP=${LAYER_KEEP:-0.01}
 SCALE=${SCALE:-0.03}
+SR_PENALTY=${SR_PENALTY:-l1}
+SR_POLAR_T=${SR_POLAR_T:-1.0}
 HYP=${HYP:-data/hyps/hyp.scratch-low.yaml}
 FT_HYP=${FT_HYP:-data/hyps/hyp.finetune.yaml}
 BATCH=${BATCH:-16}
@@ -106,7 +108,8 @@ BASE=$OUT/base/weights/best.pt
 # 2. sparsity training (all prunable layers unless strategy 1)
 PRUNE_SET=1; [ "$STRATEGY" = 1 ] && PRUNE_SET=0
 SPARSE_ARGS=("${COMMON[@]}" --optimizer "$SP_OPTIMIZER" --epochs "$SP_EPOCHS" --hyp "$SP_HYP" --weights "$BASE"
-             --scale "$SCALE" --prune "$PRUNE_SET")
+             --scale "$SCALE" --prune "$PRUNE_SET" --sr-penalty "$SR_PENALTY")
+[ "$SR_PENALTY" = polarization ] && SPARSE_ARGS+=(--sr-polar-t "$SR_POLAR_T")
 # --latency-aware also prunes the convs before upsampling and the SPPF input: regularise them too
 [ "$LATENCY_AWARE" = 1 ] && SPARSE_ARGS+=(--include-upsample --include-sppf)
 step sparsity $PY train_sparsity.py "${SPARSE_ARGS[@]}" --name sparse -sr

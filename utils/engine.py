@@ -155,7 +155,7 @@ class TrainConfig:
                            "layer's norm kept (scale-invariant); polarization: (t+1) s below the mean |gamma|, "
                            "(t-1) s above it, the channels split (see utils/prune/sparsity.py)", "--sr-penalty",
                            group="sparsity", choices=["l1", "hoyer", "polarization"])
-    sr_polar_t: float = _opt(1.2, "polarization penalty: t >= 1, the pull on channels above the mean |gamma| "
+    sr_polar_t: float = _opt(1.0, "polarization penalty: t >= 1, the pull on channels above the mean |gamma| "
                              "is (t-1) s", "--sr-polar-t", group="sparsity", type=nonneg_float)
     sr_decay_epoch_frac: float = _opt(0.5, "fraction of the epochs after which global/local decay starts",
                                       "--sr-decay-epoch-frac", group="sparsity", type=fraction)

@@ -269,7 +269,7 @@ class SparsityHook(Hook):
     epoch: int = 0
     form: str = "gradient"
     penalty: str = "l1"
-    polar_t: float = 1.2
+    polar_t: float = 1.0
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):

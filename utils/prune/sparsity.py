@@ -81,7 +81,7 @@ def sparsity_form(optimizer: str) -> str:
 
 
 def pull_direction(gamma: torch.Tensor, penalty: str = "l1", mean_abs: float | None = None,
-                   polar_t: float = 1.2) -> torch.Tensor:
+                   polar_t: float = 1.0) -> torch.Tensor:
     """The direction the penalty pulls one layer's gammas (per channel; see the module docstring):
     ``sign(gamma)`` for l1; ``sign(gamma) - gamma * mean|gamma| / mean(gamma^2)`` for hoyer;
     ``sign(gamma) * (polar_t - sign(|gamma| - mean_abs))`` for polarization, ``mean_abs`` being the

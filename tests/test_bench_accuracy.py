@@ -146,6 +146,15 @@ def test_sparsity_control_mismatch_names_each_difference(tmp_path):
     assert "10" in bad[1] and "15" in bad[1]
 
 
+def test_sparsity_rows_name_the_penalty():
+    rec = bench_sparsity.recorded
+    assert rec({"sr": False, "scale": 0.03, "sr_penalty": "hoyer"})["penalty"] is None  # a control
+    assert rec({"sr": True, "scale": 0.03})["penalty"] == "l1"  # runs from before --sr-penalty
+    assert rec({"sr": True, "scale": 0.03, "sr_penalty": "hoyer"})["penalty"] == "hoyer"
+    pol = rec({"sr": True, "scale": 0.03, "sr_penalty": "polarization", "sr_polar_t": 1.2, "optimizer": "AdamW"})
+    assert pol == {"optimizer": "AdamW", "epochs": None, "scale": 0.03, "penalty": "polarization t=1.2"}
+
+
 def test_sparsity_grid_and_checkpoint_arguments(tmp_path):
     run = tmp_path / "s1"
     (run / "weights").mkdir(parents=True)

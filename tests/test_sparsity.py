@@ -226,6 +226,12 @@ def test_polarization_penalty_in_both_forms_uses_the_mean_over_all_layers():
     assert torch.allclose(ws[0].grad, g0[0] + 2 * 0.01 * 2.0)  # below the mean: (t + 1) s per micro-batch
     assert torch.allclose(ws[1].grad, g0[1])  # above the mean with t = 1: no pull
     assert 0.5 < m < 2.0
+    g1 = [w.grad.clone() for w in ws]
+    SparsityHook(layers, scale=0.01, penalty="polarization", polar_t=1.5, polar_mean="layer").apply(model)
+    for w, g in zip(ws, g1):  # each layer split around its own mean: every channel sits at it, pull t * s
+        assert torch.allclose(w.grad, g + 1.5 * 0.01)
+    with pytest.raises(ValueError, match="--sr-polar-mean"):
+        SparsityHook(layers, penalty="polarization", polar_mean="net")
     opt = torch.optim.SGD([{"params": ws, "lr": 0.1}])
     SparsityHook(layers, scale=3.0, form="decoupled", penalty="polarization", polar_t=1.5).apply_decoupled(model, opt)
     assert torch.allclose(ws[0].detach(), torch.zeros_like(ws[0]))  # 0.5 - 0.1 * 3 * 2.5 < 0: clipped at zero

@@ -157,6 +157,9 @@ class TrainConfig:
                            group="sparsity", choices=["l1", "hoyer", "polarization"])
     sr_polar_t: float = _opt(1.0, "polarization penalty: t >= 1, the pull on channels above the mean |gamma| "
                              "is (t-1) s", "--sr-polar-t", group="sparsity", type=nonneg_float)
+    sr_polar_mean: str = _opt("global", "polarization penalty: split each layer's channels around the mean "
+                              "|gamma| of all regularised channels (global) or of the layer (layer)", "--sr-polar-mean",
+                              group="sparsity", choices=["global", "layer"])
     sr_decay_epoch_frac: float = _opt(0.5, "fraction of the epochs after which global/local decay starts",
                                       "--sr-decay-epoch-frac", group="sparsity", type=fraction)
     sr_decay_factor: float = _opt(0.01, "decayed strength = s * factor", "--sr-decay-factor",

@@ -30,7 +30,8 @@ Two penalties (``SparsityHook.penalty``, ``--sr-penalty``):
   and the data term decides which side each lands on.
 
 * ``"polarization"``: ``s * (t * sum|gamma| - sum| |gamma| - mean|gamma| |)`` with the mean over all
-  regularised channels (``--sr-polar-t``, ``t >= 1``), per channel the pull ``sign(gamma) * (t - 1)`` on
+  regularised channels (``--sr-polar-mean global``; ``layer``: each layer's own) (``--sr-polar-t``,
+  ``t >= 1``), per channel the pull ``sign(gamma) * (t - 1)`` on
   channels above the mean and ``sign(gamma) * (t + 1)`` on those below it. Why: L1 pulls every channel
   alike, so an unimportant channel and an important one only part where the data term pushes back,
   and over a short run the channels in transit fill the gap (the valley). The second term's
@@ -270,6 +271,7 @@ class SparsityHook(Hook):
     form: str = "gradient"
     penalty: str = "l1"
     polar_t: float = 1.0
+    polar_mean: str = "global"
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -281,6 +283,8 @@ class SparsityHook(Hook):
             raise ValueError(f"sparsity form {self.form!r}: use one of {', '.join(FORMS)}")
         if self.penalty not in PENALTIES:
             raise ValueError(f"--sr-penalty {self.penalty}: use one of {', '.join(PENALTIES)}")
+        if self.polar_mean not in ("global", "layer"):
+            raise ValueError(f"--sr-polar-mean {self.polar_mean}: use global or layer")
         if not self.polar_t >= 1:
             raise ValueError(f"--sr-polar-t {self.polar_t}: must be >= 1 (below 1 the channels above the mean "
                              "would be pushed up without bound)")
@@ -323,18 +327,22 @@ class SparsityHook(Hook):
         params = self._params(model)
         if not params:
             return
-        m = self._mean_abs(params)
-        for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
+        means = self._means(params)
+        for p, s, m in zip(params, self.step_strengths(params, n_micro, n_images), means):
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
             p.grad.add_(s * pull_direction(p.detach(), self.penalty, m, self.polar_t))
         self.applied += 1
 
-    def _mean_abs(self, params: list[torch.Tensor]) -> torch.Tensor | None:
-        """Polarization: the mean |gamma| over all regularised channels (None for the other penalties)."""
+    def _means(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Polarization: per parameter, the mean |gamma| its channels are split around (over all
+        regularised channels, or its own layer's with ``polar_mean="layer"``); None otherwise."""
         if self.penalty != "polarization":
-            return None
-        return torch.cat([p.detach().abs().flatten() for p in params]).mean()
+            return [None] * len(params)
+        if self.polar_mean == "layer":
+            return [p.detach().abs().mean() for p in params]
+        m = torch.cat([p.detach().abs().flatten() for p in params]).mean()
+        return [m] * len(params)
 
     @torch.no_grad()
     def apply_decoupled(self, model: nn.Module, optimizer: torch.optim.Optimizer, n_micro: int = 1,
@@ -348,8 +356,8 @@ class SparsityHook(Hook):
             return
         pull = {id(p): g["lr"] / (1.0 - g.get("betas", (0.0,))[0]) for g in optimizer.param_groups
                 for p in g["params"]}
-        m = self._mean_abs(params)
-        for p, s in zip(params, self.step_strengths(params, n_micro, n_images)):
+        means = self._means(params)
+        for p, s, m in zip(params, self.step_strengths(params, n_micro, n_images), means):
             threshold = pull[id(p)] * s
             if m is not None:  # polar_t >= 1: every channel's threshold is >= 0
                 threshold = threshold * pull_direction(p, self.penalty, m, self.polar_t).abs()

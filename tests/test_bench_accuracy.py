@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import accuracy_common as ac  # noqa: E402
 import bench_distill  # noqa: E402
+import bench_penalties  # noqa: E402
 import bench_sparsity  # noqa: E402
 import update_readme_results as urr  # noqa: E402
 
@@ -383,3 +384,31 @@ def test_results_without_a_date_are_dated_by_their_commit_until_changed(tmp_path
     path.write_text('{"a": 1}')
     assert urr.date_text({}, path).endswith("(file time)")
     assert urr.date_text({"date": "2020-01-01T10:00:00"}, path) == "2020-01-01 10:00"
+
+
+def test_penalty_specs_name_every_option_and_reject_bad_ones():
+    parse = bench_penalties.parse_penalty
+    assert parse("l1") == {"sr_penalty": "l1"}
+    assert parse("polarization,t=1.2,mean=layer,scale=0.02") == {
+        "sr_penalty": "polarization", "sr_polar_t": 1.2, "sr_polar_mean": "layer", "scale": 0.02}
+    for bad, match in (("l2", "unknown penalty"), ("l1,t=1", "only applies"), ("polarization,mean=net", "global or layer"),
+                       ("hoyer,scale=x", "not a number"), ("hoyer,s=1", "key=value")):
+        with pytest.raises(ValueError, match=match):
+            parse(bad)
+    assert bench_penalties.slug("polarization,mean=layer,t=1.5", 2) == "polarization_mean-layer_t-1p5_seed2"
+
+
+def test_penalty_summary_spreads_over_seeds_and_counts_bimodal_ones():
+    def chain(spec, seed, sparse, pruned, final, bimodal):
+        split = {"low_share": 0.5, "valley_share": 0.02, "high_share": 0.48, "bimodal": bimodal}
+        return {"penalty": spec, "seed": seed, "sparse": {"mAP50-95": sparse, "mAP50": 0.9, "bimodality": split},
+                "pruned": {"mAP50-95": pruned, "mAP50": 0.5}, "final": {"mAP50-95": final, "mAP50": 0.95}}
+    chains = [chain("l1", 0, 0.61, 0.05, 0.653, False), chain("l1", 1, 0.53, 0.05, 0.661, False),
+              chain("polarization", 0, 0.59, 0.54, 0.648, True)]
+    s = bench_penalties.summarise(chains)
+    assert list(s) == ["l1", "polarization"]
+    assert s["l1"]["final"]["mean"] == pytest.approx(0.657) and s["l1"]["final"]["min"] == 0.653
+    assert s["l1"]["final"]["std"] == pytest.approx(0.004 * 2 ** 0.5) and s["l1"]["bimodal_seeds"] == 0
+    assert s["polarization"]["final"]["std"] == 0.0 and s["polarization"]["bimodal_seeds"] == 1
+    table = bench_penalties.format_table(chains, s)
+    assert "| l1 | 1 |" in table and "0.6570 (0.653-0.661)" in table and "| 1/1 |" in table

@@ -159,13 +159,36 @@ def date_text(d: dict, path: Path) -> str:
 INT8_STAGE = "INT8 (ONNX Runtime)"  # the pipeline report's row of the quantized final model
 
 
+def penalty_text(opt: dict) -> str:
+    """`` with the polarization penalty (t 1, global mean)`` for a sparse stage's options; empty for L1."""
+    pen = opt.get("sr_penalty")
+    if pen in (None, "l1"):
+        return ""
+    if pen == "polarization":
+        return f" with the polarization penalty (t {opt.get('sr_polar_t', 1.0):g}, {opt.get('sr_polar_mean') or 'global'} mean)"
+    return f" with the {pen} penalty"
+
+
+def render_penalties(d: dict) -> list[str]:
+    """benchmarks/bench_penalties.py: each penalty's sparse, pruned and finetuned accuracy per seed."""
+    st = d.get("settings") or {}
+    prune = d.get("prune") or {}
+    tgt = (prune.get("settings") or {}).get("target") or {}
+    how = f"to {tgt['target']} of the {tgt['metric']}" if tgt.get("metric") else f"at ratio {prune.get('ratio')}"
+    return [f"Each penalty from the same pipeline baseline (`{short_path(d.get('run'))}`): {epochs(st.get('epochs'))} of "
+            f"sparsity training at {st.get('img')} px with {st.get('optimizer')} and scale {st.get('scale')}, the run's "
+            f"prune step (strategy {prune.get('strategy')} {how}), then {epochs(d.get('finetune_epochs'))} of "
+            f"finetuning; seeds {', '.join(map(str, d.get('seeds') or []))}; mAP@.5:.95 on the {d.get('split', 'val')} "
+            "split (val chose each finetune's best.pt).", "", d["table_markdown"], ""]
+
+
 def pipeline_intro(d: dict) -> list[str]:
     """What the pipeline ran: data, image size, each step's epochs, the prune settings, the split."""
     s = d.get("settings") or {}
     prune = s.get("prune") or {}
     parts = [f"{k} {epochs(s[k].get('epochs'))}" for k in ("base", "sparse", "finetune") if k in s]
     if "sparse" in s and s["sparse"].get("scale") is not None:
-        parts.append(f"sparsity scale {s['sparse']['scale']}")
+        parts.append(f"sparsity scale {s['sparse']['scale']}" + penalty_text(s["sparse"]))
     if prune:
         tgt = prune.get("target") or {}
         metric = {"flops": "FLOPs", "params": "parameters"}.get(tgt.get("metric"), tgt.get("metric"))
@@ -523,6 +546,9 @@ def render_stored_table(key: str) -> Callable[[dict], list[str]]:
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "pipeline": ("The five-step pipeline", render_pipeline),
     "sparsity": ("Sparsity training with and without -sr", render_sparsity),
+    "penalties": ("Sparsity penalties through pruning and finetuning", render_penalties),
+    "pipeline_polarization": ("The five-step pipeline with the polarization penalty", render_pipeline),
+    "sparsity_polarization": ("Sparsity training with the polarization penalty, with and without -sr", render_sparsity),
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "prune_latency_trained": ("CPU latency of pruned models: a sparsity-trained yolov5s", render_prune_latency_trained),
     "latency_target": ("Pruning to a latency target", render_latency_target),

@@ -266,8 +266,23 @@ def test_channels_last_tables():
 
 
 # ------------------------------------------------------------------------------------ assembling
+def test_penalties_intro_names_the_shared_baseline_steps_and_split():
+    d = {"run": str(ROOT / "runs" / "pipeline" / "default"), "seeds": [0, 1], "split": "test", "finetune_epochs": 10,
+         "settings": {"epochs": 15, "img": 160, "optimizer": "AdamW", "scale": 0.03},
+         "prune": {"strategy": "8x", "ratio": 0.55, "settings": {"target": {"metric": "flops", "target": 0.45}}},
+         "table_markdown": "| penalty | seed |\n|---|---|\n| l1 | 0 |"}
+    body = _text(urr.render_penalties(d))
+    assert "(`runs/pipeline/default`): 15 epochs of sparsity training at 160 px with AdamW and scale 0.03" in body
+    assert "strategy 8x to 0.45 of the flops), then 10 epochs of finetuning; seeds 0, 1; mAP@.5:.95 on the test" in body
+    assert "| l1 | 0 |" in body
+    pipe = new_pipeline()
+    pipe["settings"]["sparse"].update(sr_penalty="polarization", sr_polar_t=1.0, sr_polar_mean="layer")
+    assert "sparsity scale 0.003 with the polarization penalty (t 1, layer mean)" in _text(urr.render_pipeline(pipe))
+
+
 def test_sections_order_and_stale_files_gone():
-    assert list(urr.SECTIONS) == ["pipeline", "sparsity", "frontier", "prune_latency_trained", "latency_target",
+    assert list(urr.SECTIONS) == ["pipeline", "sparsity", "penalties", "pipeline_polarization", "sparsity_polarization",
+                                  "frontier", "prune_latency_trained", "latency_target",
                                   "deploy", "prune_latency", "channels_last", "prune_time", "throughput",
                                   "onnx_latency"]
     assert urr.SECTIONS["prune_latency_trained"][0] == "CPU latency of pruned models: a sparsity-trained yolov5s"

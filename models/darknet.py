@@ -14,6 +14,8 @@ from collections import OrderedDict
 import torch
 import torch.nn as nn
 
+from utils.torch_utils import flush_subnormal_
+
 from .cfg import Layer, ModelCfg, validate
 
 __all__ = ["Darknet", "YOLOLayer", "Route", "Shortcut", "BN_EPS", "BN_MOMENTUM", "make_activation"]
@@ -210,6 +212,8 @@ class Darknet(nn.Module):
             fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
             bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
             fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+            flush_subnormal_(fused.weight)  # a nearly-zero gamma must not leave slow subnormal weights
+            flush_subnormal_(fused.bias)
             seq.Conv2d = fused
             del seq._modules["BatchNorm2d"]
         return self

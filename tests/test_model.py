@@ -129,6 +129,40 @@ def test_fuse_keeps_outputs():
     assert parse_back_is_biased(model)
 
 
+def _subnormal(t: torch.Tensor) -> int:
+    return int(((t != 0) & (t.abs() < torch.finfo(t.dtype).tiny)).sum())
+
+
+def test_fuse_leaves_no_subnormal_weights_for_nearly_zero_gammas():
+    model = build_model(ROOT / "models/yolov5n.yaml", nc=2).eval()
+    _randomize_bn(model)
+    i, seq = next(iter(model.conv_layers()))
+    seq.BatchNorm2d.weight.data[:4] = torch.tensor([1e-36, -1e-37, 1e-39, 0.0])  # soft-thresholded channels
+    assert _subnormal(seq.Conv2d.weight.detach() * 1e-36) > 0  # folding them in would give subnormal weights
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        ref, _ = model(x)
+        y, _ = model.fuse()(x)
+    assert all(_subnormal(p) == 0 for p in model.parameters())
+    assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
+
+
+def test_ema_of_a_weight_held_at_zero_reaches_zero_not_subnormals():
+    from utils.torch_utils import ModelEMA, flush_subnormal_
+    live = torch.nn.Linear(4, 4)
+    ema = ModelEMA(live, decay=0.5, tau=1)  # decays fast: 0.5 ** 200 is far below the smallest normal float
+    with torch.no_grad():
+        live.weight.zero_()
+    for _ in range(200):
+        ema.update(live)
+    w = ema.ema.weight
+    assert _subnormal(w) == 0 and torch.equal(w, torch.zeros_like(w))
+    assert torch.equal(ema.ema.bias, live.bias)  # normal values follow the average as before
+    t = torch.tensor([1e-39, -1e-40, 1e-37, 0.0, 2.0])
+    assert flush_subnormal_(t).tolist() == [0.0, 0.0, pytest.approx(1e-37), 0.0, 2.0]
+    assert torch.equal(flush_subnormal_(torch.tensor([1, 2])), torch.tensor([1, 2]))  # integers untouched
+
+
 def parse_back_is_biased(model: Darknet) -> bool:
     cfg = model.to_cfg()
     return all(not layer.bn for layer in cfg.layers if layer.type == "convolutional")
@@ -200,7 +234,7 @@ def test_models_package_imports_run_one_way():
         imports = _project_imports(path)
         assert all(top for _, top in imports), f"{path.name}: function-level import of project code"
         outside = {m for m, _ in imports if m.startswith("utils")}
-        assert outside <= {"utils.errors", "utils.fileio"}, f"{path.name} imports {outside}"
+        assert outside <= {"utils.errors", "utils.fileio", "utils.torch_utils"}, f"{path.name} imports {outside}"
         graph[path.stem] = {m.split(".")[1] for m, _ in imports if m.startswith("models.")}
     done: set[str] = set()
 
@@ -214,6 +248,16 @@ def test_models_package_imports_run_one_way():
     for name in graph:
         if name != "__init__":
             visit(name, ())
+    # the utils modules models/ may read are leaves: they import no project code beyond each other
+    import ast
+    leaves = {"errors", "fileio", "torch_utils"}
+    for leaf in leaves:
+        tree = ast.parse((ROOT / "utils" / f"{leaf}.py").read_text())
+        deps = {("utils." + (n.module or "")) if n.level else (n.module or "") for n in ast.walk(tree)
+                if isinstance(n, ast.ImportFrom)}
+        deps |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        project = {d for d in deps if d.split(".")[0] in ("models", "utils")}
+        assert project <= {f"utils.{m}" for m in leaves}, f"utils/{leaf}.py imports project code: {project}"
 
 
 def test_package_exports_the_model_api():

@@ -11,6 +11,7 @@ import torch
 from .errors import UserError
 
 __all__ = ["DeviceError", "select_device", "count_flops", "count_params", "measure_latency", "de_parallel",
+           "flush_subnormal_",
            "ModelEMA"]
 
 
@@ -99,6 +100,21 @@ def measure_latency(model: torch.nn.Module, img_size: int = 640, runs: int = 20,
     return statistics.median(times)
 
 
+def flush_subnormal_(t: torch.Tensor) -> torch.Tensor:
+    """Set the subnormal values of a floating-point tensor (0 < |x| < the dtype's smallest normal
+    number) to zero, in place; returns ``t``.
+
+    Why: CPUs compute with subnormal floats many times slower. A weight that training holds at
+    zero (a gamma the sparsity penalty soft-thresholded) makes its moving average decay
+    geometrically into the subnormal range, and a conv folded with a nearly-zero gamma gets
+    subnormal weights: a model with many of them ran 2.5x slower on the CPU. Their contribution is
+    below float precision anyway.
+    """
+    if t.dtype.is_floating_point:
+        t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0)
+    return t
+
+
 def de_parallel(model: torch.nn.Module) -> torch.nn.Module:
     """The bare model inside DataParallel/DistributedDataParallel."""
     return model.module if isinstance(model, (torch.nn.parallel.DataParallel,
@@ -126,4 +142,4 @@ class ModelEMA:
         msd = de_parallel(model).state_dict()
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
-                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+                flush_subnormal_(v.mul_(d).add_(msd[k].detach(), alpha=1 - d))

@@ -107,8 +107,8 @@ def flush_subnormal_(t: torch.Tensor) -> torch.Tensor:
     Why: CPUs compute with subnormal floats many times slower. A weight that training holds at
     zero (a gamma the sparsity penalty soft-thresholded) makes its moving average decay
     geometrically into the subnormal range, and a conv folded with a nearly-zero gamma gets
-    subnormal weights: a model with many of them ran 2.5x slower on the CPU. Their contribution is
-    below float precision anyway.
+    subnormal weights: a sparsity-trained model with many of them ran more than twice as slow on
+    the CPU. Their contribution is below float precision anyway.
     """
     if t.dtype.is_floating_point:
         t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0)

@@ -15,6 +15,7 @@
 # keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
+# COS_LR (default 0; 1: every training step and control uses the cosine learning-rate schedule, --cos-lr).
 # CONTROLS (default 1; 0 skips them) trains the matched controls the report compares with, each with
 # the same data, image size and total epochs as the model it is compared with:
 #   control_sparse  the sparsity step's exact command without -sr (the control of the sparse model);
@@ -59,6 +60,11 @@ PERCENT=${PERCENT:-0.5}
 TARGET_FLOPS=${TARGET_FLOPS-0.45}
 LAYERS=${LAYERS:-0}
 CONTROLS=${CONTROLS:-1}
+COS_LR=${COS_LR:-0}
+case "$COS_LR" in
+  0|1) ;;
+  *) echo "COS_LR=$COS_LR: use 1 (every training step with --cos-lr) or 0 (the linear schedule)" >&2; exit 2 ;;
+esac
 case "$LAYERS" in
   ''|*[!0-9]*) echo "LAYERS=$LAYERS: give the number of residual blocks to remove (0: none)" >&2; exit 2 ;;
 esac
@@ -81,6 +87,7 @@ COMMON=(--img "$IMG" --batch "$BATCH" --nbs "$NBS" --optimizer "$OPTIMIZER" --da
 [ -n "$DEVICE" ] && COMMON+=(--device "$DEVICE")
 [ -n "${WORKERS:-}" ] && COMMON+=(--workers "$WORKERS")
 [ -n "$NTRAIN" ] && COMMON+=(--max-train-images "$NTRAIN")
+[ "$COS_LR" = 1 ] && COMMON+=(--cos-lr)
 T_START=$(date +%s)
 
 step() {  # step NAME command...: print, run, time, stop on failure

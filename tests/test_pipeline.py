@@ -96,13 +96,14 @@ def _check_control_commands(stdout: str) -> None:
     assert scratch[scratch.index("--cfg") + 1].endswith("scratch_small.yaml")
 
 
-def test_pipeline_rejects_an_unknown_controls_value():
-    env = dict(os.environ, QUICK="1", NAME=f"pytest_controls_{os.getpid()}", PYTHON=sys.executable, CONTROLS="yes")
+@pytest.mark.parametrize("setting", ["CONTROLS", "COS_LR"])
+def test_pipeline_rejects_an_unknown_switch_value(setting):
+    env = dict(os.environ, QUICK="1", NAME=f"pytest_controls_{os.getpid()}", PYTHON=sys.executable, **{setting: "yes"})
     r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=60)
     import shutil
     shutil.rmtree(ROOT / "runs" / "pipeline" / env["NAME"], ignore_errors=True)
-    assert r.returncode == 2 and "CONTROLS=yes" in r.stderr and "==> [train]" not in r.stdout
+    assert r.returncode == 2 and f"{setting}=yes" in r.stderr and "==> [train]" not in r.stdout
 
 
 def test_pipeline_stops_at_the_failing_step(tmp_path):

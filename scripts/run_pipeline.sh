@@ -15,7 +15,8 @@
 # keep) takes precedence over PERCENT;
 # set TARGET_FLOPS= (empty) to prune by PERCENT. LAYERS=N (default 0: off) makes step 3 remove the
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
-# COS_LR (default 0; 1: every training step and control uses the cosine learning-rate schedule, --cos-lr).
+# FT_COS_LR (default 0; 1: the finetuning steps, and control_final which finetunes like them, use the cosine
+# learning-rate schedule, --cos-lr).
 # CONTROLS (default 1; 0 skips them) trains the matched controls the report compares with, each with
 # the same data, image size and total epochs as the model it is compared with:
 #   control_sparse  the sparsity step's exact command without -sr (the control of the sparse model);
@@ -60,10 +61,10 @@ PERCENT=${PERCENT:-0.5}
 TARGET_FLOPS=${TARGET_FLOPS-0.45}
 LAYERS=${LAYERS:-0}
 CONTROLS=${CONTROLS:-1}
-COS_LR=${COS_LR:-0}
-case "$COS_LR" in
+FT_COS_LR=${FT_COS_LR:-0}
+case "$FT_COS_LR" in
   0|1) ;;
-  *) echo "COS_LR=$COS_LR: use 1 (every training step with --cos-lr) or 0 (the linear schedule)" >&2; exit 2 ;;
+  *) echo "FT_COS_LR=$FT_COS_LR: use 1 (finetune with --cos-lr) or 0 (the linear schedule)" >&2; exit 2 ;;
 esac
 case "$LAYERS" in
   ''|*[!0-9]*) echo "LAYERS=$LAYERS: give the number of residual blocks to remove (0: none)" >&2; exit 2 ;;
@@ -87,7 +88,6 @@ COMMON=(--img "$IMG" --batch "$BATCH" --nbs "$NBS" --optimizer "$OPTIMIZER" --da
 [ -n "$DEVICE" ] && COMMON+=(--device "$DEVICE")
 [ -n "${WORKERS:-}" ] && COMMON+=(--workers "$WORKERS")
 [ -n "$NTRAIN" ] && COMMON+=(--max-train-images "$NTRAIN")
-[ "$COS_LR" = 1 ] && COMMON+=(--cos-lr)
 T_START=$(date +%s)
 
 step() {  # step NAME command...: print, run, time, stop on failure
@@ -138,6 +138,7 @@ PRUNED=$(ls -t "$OUT"/pruned/prune_*.pt | head -n 1)
 
 # 4. finetune: plain, and distilled from the baseline (the strongest unpruned model of the run)
 FT_ARGS=("${COMMON[@]}" --epochs "$FT_EPOCHS" --hyp "$FT_HYP")
+[ "$FT_COS_LR" = 1 ] && FT_ARGS+=(--cos-lr)
 step finetune $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$PRUNED" --name finetune
 step finetune_distill $PY prune_finetune.py "${FT_ARGS[@]}" --weights "$PRUNED" \
   --name finetune_distill --distill --t_weights "$BASE"

@@ -96,7 +96,7 @@ def _check_control_commands(stdout: str) -> None:
     assert scratch[scratch.index("--cfg") + 1].endswith("scratch_small.yaml")
 
 
-@pytest.mark.parametrize("setting", ["CONTROLS", "COS_LR"])
+@pytest.mark.parametrize("setting", ["CONTROLS", "FT_COS_LR"])
 def test_pipeline_rejects_an_unknown_switch_value(setting):
     env = dict(os.environ, QUICK="1", NAME=f"pytest_controls_{os.getpid()}", PYTHON=sys.executable, **{setting: "yes"})
     r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,

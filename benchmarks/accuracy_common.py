@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -312,6 +313,11 @@ def size_figures(weights: str | Path, img: int) -> dict:
     return {"params": count_params(model), "flops": count_flops(model, img)}
 
 
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value) of repeated runs' figures."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def now() -> str:

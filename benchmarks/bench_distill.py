@@ -18,7 +18,6 @@ back to within 0.03 of the unpruned baseline. Writes ``benchmarks/results/distil
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -58,8 +57,7 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
         s = {}
         for key in ("mAP50", "mAP50-95", "wall_s"):
             vals = [r[key] for r in rows if r.get(key) is not None]
-            s[key] = statistics.fmean(vals) if vals else None
-            s[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+            s[key], s[f"{key}_std"] = ac.mean_std(vals) if vals else (None, None)
         out[mode] = s
     return out
 

@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import accuracy_common as ac  # noqa: E402
+from accuracy_common import mean_std  # noqa: E402
 import frontier_stages as fs  # noqa: E402
 from bench_prune_latency import TP_VERSION, round_robin  # noqa: E402
 from models import build_model, load_checkpoint, load_model  # noqa: E402
@@ -259,10 +260,6 @@ def plateau_note(root: Path):
 def test_metrics(root: Path, stage: fs.Stage) -> dict:
     d = json.loads((root / f"eval_{stage.name}" / "metrics.json").read_text())
     return {"mAP50": float(d["mAP50"]), "mAP50-95": float(d["mAP50-95"])}
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def collect_rows(stages: Sequence[fs.Stage], root: Path) -> list[dict]:

@@ -26,7 +26,6 @@ benchmark resumes). Writes ``benchmarks/results/penalties.json``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -76,9 +75,9 @@ def slug(spec: str, seed: int) -> str:
 
 
 def spread(values: list[float]) -> dict:
-    """Mean, min, max and sample standard deviation (0 for one value) of a list of numbers."""
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+    """Mean, min, max and sample standard deviation (None for one value) of a list of numbers."""
+    mean, std = ac.mean_std(values)
+    return {"mean": mean, "min": min(values), "max": max(values), "std": std, "n": len(values)}
 
 
 def summarise(chains: list[dict]) -> dict[str, dict]:
@@ -127,19 +126,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return opt
 
 
-def chain(run: ac.PipelineRun, settings: dict, spec: str, seed: int, opt: argparse.Namespace) -> dict:
-    """Sparsity training, the run's prune step and its finetuning for one penalty and seed: the
-    three checkpoints (nothing measured yet)."""
+def chain(run: ac.PipelineRun, settings: dict, step: dict, ft_settings: dict, spec: str, seed: int,
+          opt: argparse.Namespace) -> dict:
+    """Sparsity training with ``settings``, the prune ``step`` and finetuning with ``ft_settings``
+    for one penalty and seed: the three checkpoints (nothing measured yet)."""
     out = ac.bench_dir(run, "penalties", opt.quick) / slug(spec, seed)
     s = {**settings, **parse_penalty(spec), "seed": seed}
     sparse = ac.cached_run(bs.train_command(run, s, out) + ["--name", "sparse", "-sr"], out / "sparse",
                            "weights/last.pt", opt.fresh)
-    step = ac.last_history(run.pruned, "prune")
     prune = ac.cached_run(bs.prune_command(step, sparse["outputs"][-1], s.get("data"), int(s["img"]), out / "pruned"),
                           out / "pruned", "prune_*.pt", opt.fresh)
-    ft_opt = {**ac.override(ac.checkpoint_opt(run.finetune), None, opt.quick), "seed": seed}
-    ft = ac.cached_run(bs.finetune_command(ft_opt, prune["outputs"][-1], out, "finetune"), out / "finetune",
-                       "weights/best.pt", opt.fresh)
+    ft = ac.cached_run(bs.finetune_command({**ft_settings, "seed": seed}, prune["outputs"][-1], out, "finetune"),
+                       out / "finetune", "weights/best.pt", opt.fresh)
     return {"penalty": spec, "seed": seed, "options": {k: s.get(k) for k in ("scale", *OPTION_KEYS.values(), "sr_penalty")},
             "weights": {"sparse": sparse["outputs"][-1], "pruned": prune["outputs"][-1], "final": ft["outputs"][-1]},
             "wall_s": sparse["wall_s"] + prune["wall_s"] + ft["wall_s"]}
@@ -167,11 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"--run {opt.run}: no pruned and finetuned model; finish the pipeline run first")
     smoke = ac.is_smoke(run, opt.quick)
     settings = ac.override(ac.checkpoint_opt(run.sparse), None, opt.quick)
+    step = ac.last_history(run.pruned, "prune")
+    ft_settings = ac.override(ac.checkpoint_opt(run.finetune), None, opt.quick)
     data, img = settings.get("data"), int(settings["img"])
     split = ac.held_out_split(data)
     jobs = [(spec, seed) for spec in opt.penalties for seed in opt.seeds]
     with ThreadPoolExecutor(max_workers=opt.jobs) as pool:
-        trained = list(pool.map(lambda j: chain(run, settings, j[0], j[1], opt), jobs))
+        trained = list(pool.map(lambda j: chain(run, settings, step, ft_settings, j[0], j[1], opt), jobs))
     chains = [measure(c, data, img, split) for c in trained]
     summary = summarise(chains)
     table = format_table(chains, summary)
@@ -181,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {"benchmark": "penalties", "quick": smoke, "date": ac.now(), "machine": ac.machine_info(),
               "run": str(run.root), "split": split, "seeds": opt.seeds, "penalties": opt.penalties,
               "settings": {k: settings.get(k) for k in bs.SETTING_KEYS if k in settings},
-              "prune": {k: ac.last_history(run.pruned, "prune").get(k) for k in ("strategy", "ratio", "settings")},
-              "finetune_epochs": ac.checkpoint_opt(run.finetune).get("epochs"),
+              "prune": {k: step.get(k) for k in ("strategy", "ratio", "settings")},
+              "finetune_epochs": ft_settings.get("epochs"),
               "chains": chains, "summary": summary, "table_markdown": table}
     ac.write_report(ac.results_path("penalties", smoke, opt.json), report)
     return 0

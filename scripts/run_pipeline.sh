@@ -7,7 +7,8 @@
 #
 # Every step prints the command line it runs, so any of them can be copied and rerun by hand.
 # Settings (environment variables): DATA CFG WEIGHTS IMG BATCH NBS OPTIMIZER EPOCHS SP_EPOCHS
-# FT_EPOCHS SCALE SR_PENALTY (l1, hoyer or polarization; default l1) SR_POLAR_T STRATEGY (1, 2, 3 or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
+# FT_EPOCHS SCALE SR_PENALTY (l1, hoyer or polarization; default l1) SR_POLAR_T STRATEGY (1, 2, 3
+# or 8x) PERCENT LAYER_KEEP TARGET_FLOPS LAYERS NAME DEVICE WORKERS
 # PYTHON QUICK HYP (step 1) FT_HYP (step 4) SP_HYP SP_OPTIMIZER (step 2 and its control; default
 # FT_HYP, OPTIMIZER) LATENCY_AWARE (default 0: the original ranking, the most accurate per CPU latency in the frontier
 # benchmark; 1: prune with --latency-aware and regularise what it prunes) INT8 (1: quantize the final model to INT8 with

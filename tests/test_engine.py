@@ -457,3 +457,18 @@ def test_decoupled_penalty_skips_a_step_that_amp_skipped(tiny_data, tmp_path, no
     trainer._train_epoch(0)
     assert trainer.stepped is False and hook.applied == 0
     assert torch.equal(trainer.model.module_list[layers[0]].BatchNorm2d.weight.detach(), w0)
+
+
+def test_the_average_is_evaluated_and_saved_without_subnormals(tiny_data, tmp_path, no_warmup_hyp):
+    """Each epoch's end flushes the EMA's subnormal values (left by weights held at zero) before
+    evaluating and saving it."""
+    trainer = _method_trainer(tiny_data, tmp_path, no_warmup_hyp)
+    trainer._train_epoch(0)
+    bn = next(seq.BatchNorm2d for _, seq in trainer.ema.ema.conv_layers() if "BatchNorm2d" in seq._modules)
+    with torch.no_grad():
+        bn.weight[:3] = torch.tensor([1e-40, -1e-39, 1e-30])  # two subnormals and a small normal value
+    trainer._end_epoch(0)
+    assert bn.weight[:2].tolist() == [0.0, 0.0] and bn.weight[2].item() == pytest.approx(1e-30)
+    saved = torch.load(tmp_path / "run" / "weights" / "last.pt", weights_only=False)["ema"]
+    tiny = torch.finfo(torch.float32).tiny
+    assert not any(((v != 0) & (v.abs() < tiny)).any() for v in saved.values() if v.dtype.is_floating_point)

@@ -147,17 +147,19 @@ def test_fuse_leaves_no_subnormal_weights_for_nearly_zero_gammas():
     assert (y - ref).abs().max() <= 1e-4 * ref.abs().max()
 
 
-def test_ema_of_a_weight_held_at_zero_reaches_zero_not_subnormals():
+def test_ema_of_a_weight_held_at_zero_is_flushed_to_zero_not_left_subnormal():
     from utils.torch_utils import ModelEMA, flush_subnormal_
     live = torch.nn.Linear(4, 4)
-    ema = ModelEMA(live, decay=0.5, tau=1)  # decays fast: 0.5 ** 200 is far below the smallest normal float
+    ema = ModelEMA(live, decay=0.5, tau=1e-9)  # decay 0.5 per update from the start
     with torch.no_grad():
         live.weight.zero_()
-    for _ in range(200):
+        ema.ema.weight.fill_(1.0)
+    for _ in range(130):  # 0.5 ** 130 ~ 7e-40: below the smallest normal float32, above zero
         ema.update(live)
-    w = ema.ema.weight
-    assert _subnormal(w) == 0 and torch.equal(w, torch.zeros_like(w))
-    assert torch.equal(ema.ema.bias, live.bias)  # normal values follow the average as before
+    assert _subnormal(ema.ema.weight) == ema.ema.weight.numel()
+    ema.flush_subnormal_()
+    assert torch.equal(ema.ema.weight, torch.zeros_like(ema.ema.weight))
+    assert torch.equal(ema.ema.bias, live.bias)  # normal values are left as they are
     t = torch.tensor([1e-39, -1e-40, 1e-37, 0.0, 2.0])
     assert flush_subnormal_(t).tolist() == [0.0, 0.0, pytest.approx(1e-37), 0.0, 2.0]
     assert torch.equal(flush_subnormal_(torch.tensor([1, 2])), torch.tensor([1, 2]))  # integers untouched

@@ -759,6 +759,7 @@ class Trainer:
             c = self.config
             final = epoch + 1 == c.epochs
             res = None
+            self.ema.flush_subnormal_()  # weights held at zero decay into slow subnormals in the average
             if not c.noval or final:
                 res = evaluate(self.ema.ema, self.val_loader, conf_thres=0.001, iou_thres=0.6,
                                names=self.data.names, save_dir=self.save_dir if final else None, plots=final,

@@ -142,4 +142,11 @@ class ModelEMA:
         msd = de_parallel(model).state_dict()
         for k, v in self.ema.state_dict().items():
             if v.dtype.is_floating_point:
-                flush_subnormal_(v.mul_(d).add_(msd[k].detach(), alpha=1 - d))
+                v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
+
+    @torch.no_grad()
+    def flush_subnormal_(self) -> None:
+        """Zero the average's subnormal values (see :func:`flush_subnormal_`); the engine calls it
+        once per epoch, before the average is evaluated and saved, not on every update."""
+        for v in self.ema.state_dict().values():
+            flush_subnormal_(v)

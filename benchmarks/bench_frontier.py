@@ -96,6 +96,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default=None,
                    help="optimizer of every training (default: the pipeline's OPTIMIZER; the sparsity "
                    "trainings: its SP_OPTIMIZER, or this flag when given)")
+    p.add_argument("--ft-cos-lr", type=int, choices=[0, 1], default=None,
+                   help="1: every finetuning (ours and Torch-Pruning's) with the cosine learning-rate schedule "
+                        "(default: the pipeline's FT_COS_LR)")
     p.add_argument("--flops", type=open_fraction, nargs="+", default=None,
                    help="FLOPs points (fractions of the source model) (default 0.7 0.5 0.3)")
     p.add_argument("--strategies", nargs="+", choices=sorted(fs.PRUNE_SCRIPTS), default=["3", "8x"])
@@ -138,6 +141,7 @@ def make_settings(opt: argparse.Namespace) -> fs.Settings:
     s = fs.settings_from_pipeline(
         budget, img=check_img_size(opt.img, 32)[0] if opt.img else (64 if opt.quick else None),
         optimizer=opt.optimizer, sp_optimizer=opt.optimizer, cfg=opt.cfg, flops=flops,
+        ft_cos_lr=None if opt.ft_cos_lr is None else bool(opt.ft_cos_lr),
         reference_cfgs=tuple(opt.reference_cfgs), strategies=tuple(opt.strategies),
         option_sets=tuple(opt.option_sets), seeds=tuple(opt.seeds),
         torch_pruning=not opt.no_torch_pruning and torch_pruning_available(), layer_rows=not opt.no_layer_rows,
@@ -516,7 +520,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stages = fs.select(stages, opt.stages)
     print(f"Frontier of {s.cfg}: {s.budget.total} epochs per model ({s.budget.base} baseline + "
           f"{s.budget.sparse} sparsity + {s.budget.finetune} finetune), {s.img} px, {s.optimizer} "
-          f"(sparsity {s.sp_optimizer}), FLOPs points {list(s.flops)}, "
+          f"(sparsity {s.sp_optimizer}), finetuning with the {'cosine' if s.ft_cos_lr else 'linear'} schedule, "
+          f"FLOPs points {list(s.flops)}, "
           f"seeds {list(s.seeds)}; stages under {root}", flush=True)
     print_plan(stages, root, opt.epoch_seconds, fs.model_name(s.cfg))
     if opt.plan:

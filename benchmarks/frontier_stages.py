@@ -68,7 +68,7 @@ TP_REG = 1e-5
 # epochs go to the Budget (BUDGET_VARS)
 PIPELINE_VARS = {"BATCH": "batch", "NBS": "nbs", "OPTIMIZER": "optimizer", "SCALE": "scale",
                  "LAYER_KEEP": "layer_keep", "HYP": "hyp", "FT_HYP": "ft_hyp", "IMG": "img", "DATA": "data",
-                 "CFG": "cfg", "SP_OPTIMIZER": "sp_optimizer", "SP_HYP": "sp_hyp",
+                 "CFG": "cfg", "SP_OPTIMIZER": "sp_optimizer", "SP_HYP": "sp_hyp", "FT_COS_LR": "ft_cos_lr",
                  "EPOCHS": "base", "SP_EPOCHS": "sparse", "FT_EPOCHS": "finetune"}
 BUDGET_VARS = ("base", "sparse", "finetune")
 
@@ -101,6 +101,7 @@ class Settings:
     hyp: str = "data/hyps/hyp.scratch-low.yaml"
     ft_hyp: str = "data/hyps/hyp.finetune.yaml"
     sp_hyp: str = "data/hyps/hyp.finetune.yaml"  # hyperparameters of the sparsity trainings (SP_HYP)
+    ft_cos_lr: bool = False         # finetunings (ours and Torch-Pruning's) with --cos-lr (FT_COS_LR)
     data: str = "data/builtin.yaml"
     cfg: str = "models/yolov5n.yaml"             # the source model: baseline, pruned, width-scaled
     reference_cfgs: tuple[str, ...] = ()         # extra models trained from scratch (rows by cfg stem)
@@ -171,13 +172,25 @@ def pipeline_budget(text: str | None = None) -> Budget:
 def settings_from_pipeline(budget: Budget | None = None, **overrides) -> Settings:
     """Settings with the pipeline's defaults (its epochs when ``budget`` is None), then ``overrides``
     (None values ignored)."""
-    types = {"batch": int, "nbs": int, "img": int, "scale": float, "layer_keep": float}
+    types = {"batch": int, "nbs": int, "img": int, "scale": float, "layer_keep": float, "ft_cos_lr": _switch}
     base = {k: types.get(k, str)(v) for k, v in pipeline_defaults().items() if k not in BUDGET_VARS}
     base.update({k: v for k, v in overrides.items() if v is not None})
     return Settings(budget=budget or pipeline_budget(), **base)
 
 
+def _switch(value: str) -> bool:
+    """A pipeline 0/1 setting as a bool."""
+    if value not in ("0", "1"):
+        raise ValueError(f"{PIPELINE_SCRIPT}: a 0/1 setting has the default {value!r}")
+    return value == "1"
+
+
 # ------------------------------------------------------------------------------------ the plan
+def _finetune_flags(s: Settings, seed: int) -> list[str]:
+    """The training flags of every finetuning (the pipeline's step 4)."""
+    return _train_flags(s, s.budget.finetune, s.ft_hyp, seed) + (["--cos-lr"] if s.ft_cos_lr else [])
+
+
 def _train_flags(s: Settings, epochs: int, hyp: str, seed: int, optimizer: str | None = None) -> list[str]:
     flags = ["--img", str(s.img), "--batch", str(s.batch), "--nbs", str(s.nbs), "--optimizer", optimizer or s.optimizer,
              "--data", s.data, "--epochs", str(epochs), "--hyp", hyp, "--seed", str(seed),
@@ -268,7 +281,7 @@ def ours_stages(s: Settings, root: Path) -> list[Stage]:
                         extra = ("--distill", "--t_weights", "{teacher}") if mode == "distill" else ()
                         out.append(Stage(name, "finetune", (
                             py, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
-                            *_train_flags(s, s.budget.finetune, s.ft_hyp, seed), *extra, *_out(root, name)),
+                            *_finetune_flags(s, seed), *extra, *_out(root, name)),
                             needs=(prune, *(teachers if mode == "distill" else ())), epochs=s.budget.finetune,
                             cost=point * (1.6 if mode == "distill" else 1.0) + 0.15, weights="weights/best.pt",
                             row={"method": method + (" + distill" if mode == "distill" else ""),
@@ -311,7 +324,7 @@ def _plain_finetunes(s: Settings, root: Path, prune: str, key: str, cost: float,
     for seed in s.seeds:
         name = f"ft_{key}_plain_s{seed}"
         out.append(Stage(name, "finetune", (sys.executable, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
-                                            *_train_flags(s, s.budget.finetune, s.ft_hyp, seed), *_out(root, name)),
+                                            *_finetune_flags(s, seed), *_out(root, name)),
                          needs=(prune,), epochs=s.budget.finetune, cost=cost, weights="weights/best.pt",
                          row={**row, "seed": seed, "epochs": s.budget.total}))
     return out
@@ -365,7 +378,7 @@ def tp_stages(s: Settings, root: Path) -> list[Stage]:
         for seed in s.seeds:
             name = f"tp_ft_f{_fmt(point)}_plain_s{seed}"
             out.append(Stage(name, "finetune", (py, "prune_finetune.py", "--weights", f"{{pruned:{prune}}}",
-                                                *_train_flags(s, s.budget.finetune, s.ft_hyp, seed),
+                                                *_finetune_flags(s, seed),
                                                 *_out(root, name)),
                              needs=(prune,), epochs=s.budget.finetune, cost=point + 0.15, weights="weights/best.pt",
                              row={"method": "Torch-Pruning BNScalePruner", "label": "Torch-Pruning BNScalePruner, plain",

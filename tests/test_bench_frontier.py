@@ -535,6 +535,23 @@ def test_sparsity_stages_use_the_pipelines_sparsity_recipe(tmp_path):
         assert (_flag(by[name], "--optimizer"), _flag(by[name], "--hyp")) == ("AdamW", "ft.yaml"), name
 
 
+def test_ft_cos_lr_reaches_every_finetuning_and_nothing_else(tmp_path):
+    assert fs.settings_from_pipeline(BUDGET).ft_cos_lr is (fs.pipeline_defaults()["ft_cos_lr"] == "1")
+    assert fs.settings_from_pipeline(BUDGET, ft_cos_lr=True).ft_cos_lr is True
+    with pytest.raises(ValueError, match="0/1"):
+        fs._switch("yes")
+    linear = {st.name: st for st in _plan(tmp_path)}
+    cosine = {st.name: st for st in _plan(tmp_path, ft_cos_lr=True)}
+    assert linear.keys() == cosine.keys()
+    finetunes = {n for n, st in linear.items() if st.kind == "finetune"}
+    assert {"ft_8x_default_f0.3_distill_s0", "ft_layers_n3_plain_s0", "tp_ft_f0.7_plain_s0"} <= finetunes
+    for name in linear:
+        assert "--cos-lr" not in linear[name].cmd, name
+        assert ("--cos-lr" in cosine[name].cmd) == (name in finetunes), name
+    changed = {n for n in linear if fs.fingerprints(list(linear.values()))[n] != fs.fingerprints(list(cosine.values()))[n]}
+    assert finetunes <= changed and not changed & {"base", "sparse_default", "tp_sparse", "prune_8x_default_f0.3"}
+
+
 def test_rows_follow_the_source_model_and_the_reference_cfgs(tmp_path):
     s = _settings(cfg="models/yolov5s.yaml", reference_cfgs=("models/yolov5m.yaml", "models/yolov5n.yaml"))
     widths = {0.7: str(tmp_path / "yolov5s_w0.4.yaml"), 0.3: str(tmp_path / "yolov5s_w0.19.yaml")}

@@ -102,6 +102,7 @@ class Settings:
     ft_hyp: str = "data/hyps/hyp.finetune.yaml"
     sp_hyp: str = "data/hyps/hyp.finetune.yaml"  # hyperparameters of the sparsity trainings (SP_HYP)
     ft_cos_lr: bool = False         # finetunings (ours and Torch-Pruning's) with --cos-lr (FT_COS_LR)
+    scratch_cos_lr: bool = True     # the width-scaled models also trained with --cos-lr (each schedule a row)
     data: str = "data/builtin.yaml"
     cfg: str = "models/yolov5n.yaml"             # the source model: baseline, pruned, width-scaled
     reference_cfgs: tuple[str, ...] = ()         # extra models trained from scratch (rows by cfg stem)
@@ -241,13 +242,16 @@ def scratch_stages(s: Settings, root: Path, widths: dict[float, str], costs: dic
                       "epochs": s.budget.base, "reference": False})
     out = [base]
     for key, cfg, label, point in scratch_models(s, widths):
-        for seed in s.seeds:
-            name = f"scratch_{key}_s{seed}"
-            out.append(Stage(name, "train", (py, "train.py", "--cfg", cfg, "--weights", "",
-                                             *_train_flags(s, s.budget.total, s.hyp, seed), *_out(root, name)),
-                             epochs=s.budget.total, cost=costs.get(key, 1.0), weights="weights/best.pt",
-                             row={"method": "trained from scratch", "label": label, "seed": seed, "point": point,
-                                  "epochs": s.budget.total, "reference": key == SOURCE_KEY}))
+        schedules = [("", (), "")] + ([("_cos", ("--cos-lr",), ", cosine lr")] if s.scratch_cos_lr and point else [])
+        for suffix, extra, note in schedules:
+            for seed in s.seeds:
+                name = f"scratch_{key}{suffix}_s{seed}"
+                out.append(Stage(name, "train", (py, "train.py", "--cfg", cfg, "--weights", "",
+                                                 *_train_flags(s, s.budget.total, s.hyp, seed), *extra,
+                                                 *_out(root, name)),
+                                 epochs=s.budget.total, cost=costs.get(key, 1.0), weights="weights/best.pt",
+                                 row={"method": "trained from scratch", "label": label + note, "seed": seed,
+                                      "point": point, "epochs": s.budget.total, "reference": key == SOURCE_KEY}))
     return out
 
 

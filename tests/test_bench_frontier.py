@@ -540,8 +540,8 @@ def test_ft_cos_lr_reaches_every_finetuning_and_nothing_else(tmp_path):
     assert fs.settings_from_pipeline(BUDGET, ft_cos_lr=True).ft_cos_lr is True
     with pytest.raises(ValueError, match="0/1"):
         fs._switch("yes")
-    linear = {st.name: st for st in _plan(tmp_path)}
-    cosine = {st.name: st for st in _plan(tmp_path, ft_cos_lr=True)}
+    linear = {st.name: st for st in _plan(tmp_path, scratch_cos_lr=False)}
+    cosine = {st.name: st for st in _plan(tmp_path, ft_cos_lr=True, scratch_cos_lr=False)}
     assert linear.keys() == cosine.keys()
     finetunes = {n for n, st in linear.items() if st.kind == "finetune"}
     assert {"ft_8x_default_f0.3_distill_s0", "ft_layers_n3_plain_s0", "tp_ft_f0.7_plain_s0"} <= finetunes
@@ -550,6 +550,25 @@ def test_ft_cos_lr_reaches_every_finetuning_and_nothing_else(tmp_path):
         assert ("--cos-lr" in cosine[name].cmd) == (name in finetunes), name
     changed = {n for n in linear if fs.fingerprints(list(linear.values()))[n] != fs.fingerprints(list(cosine.values()))[n]}
     assert finetunes <= changed and not changed & {"base", "sparse_default", "tp_sparse", "prune_8x_default_f0.3"}
+
+
+def test_width_scaled_models_train_with_both_schedules_and_compare_at_their_best(tmp_path):
+    by = {st.name: st for st in _plan(tmp_path)}
+    for point in ("0.7", "0.3"):
+        linear, cosine = by[f"scratch_w{point}_s0"], by[f"scratch_w{point}_cos_s0"]
+        assert "--cos-lr" not in linear.cmd and "--cos-lr" in cosine.cmd
+        assert [c.replace("_cos_s0", "_s0") for c in cosine.cmd if c != "--cos-lr"] == list(linear.cmd)
+        assert cosine.row["label"] == linear.row["label"] + ", cosine lr" and cosine.row["point"] == linear.row["point"]
+    assert "scratch_src_cos_s0" not in by  # the unpruned source model: one schedule (the teacher, the reference)
+    assert not any(n.endswith("_cos_s0") for n in {st.name for st in _plan(tmp_path, scratch_cos_lr=False)})
+    rows = [{"method": "ours 8x default", "label": "ours", "point": 0.5, "mAP50-95": 0.70, "mAP50": 0.9},
+            {"method": "trained from scratch", "label": "w", "point": 0.5, "mAP50-95": 0.68, "mAP50": 0.9},
+            {"method": "trained from scratch", "label": "w, cosine lr", "point": 0.5, "mAP50-95": 0.72, "mAP50": 0.9}]
+    comp = bf.comparisons(rows, [0.5], "ours 8x default")[0]["versus"]
+    assert [(v["label"], v["verdict"]) for v in comp] == [("w, cosine lr", "MISSED")]  # the stronger scratch row
+    rows[2]["mAP50-95"] = 0.60
+    assert [(v["label"], v["verdict"]) for v in bf.comparisons(rows, [0.5], "ours 8x default")[0]["versus"]] == \
+        [("w", "met")]
 
 
 def test_rows_follow_the_source_model_and_the_reference_cfgs(tmp_path):

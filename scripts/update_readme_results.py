@@ -187,6 +187,8 @@ def pipeline_intro(d: dict) -> list[str]:
     s = d.get("settings") or {}
     prune = s.get("prune") or {}
     parts = [f"{k} {epochs(s[k].get('epochs'))}" for k in ("base", "sparse", "finetune") if k in s]
+    if "finetune" in s and s["finetune"].get("cos_lr") is not None:
+        parts[-1] += f" ({'cosine' if s['finetune']['cos_lr'] else 'linear'} learning-rate schedule)"
     if "sparse" in s and s["sparse"].get("scale") is not None:
         parts.append(f"sparsity scale {s['sparse']['scale']}" + penalty_text(s["sparse"]))
     if prune:

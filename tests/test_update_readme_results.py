@@ -60,6 +60,12 @@ def test_pipeline_renders_controls_epochs_split_and_comparisons():
     assert "- reported: final CPU latency: 0.500" in body
     assert "- finetuned+distill vs finetuned: not compared" in body
     assert "PASS" not in body and "Targets:" not in body  # the comparisons replace the old targets
+    assert "schedule" not in body  # reports that did not record it say nothing of it
+    d = new_pipeline()
+    d["settings"]["finetune"] = {"epochs": 10, "cos_lr": True}
+    assert "finetune 10 epochs (cosine learning-rate schedule)" in _text(urr.render_pipeline(d))
+    d["settings"]["finetune"]["cos_lr"] = False
+    assert "finetune 10 epochs (linear learning-rate schedule)" in _text(urr.render_pipeline(d))
 
 
 def test_pipeline_verdicts_are_the_benchmarks_own():

@@ -198,7 +198,7 @@ def test_sparsity_histogram_sits_beside_the_json(tmp_path):
     assert path == str(tmp_path / "h.png") and (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_distill_summary_and_targets():
+def test_distill_summary_and_comparisons():
     per = {"plain": [{"seed": 0, "mAP50": 0.70, "mAP50-95": 0.4, "wall_s": 10},
                      {"seed": 1, "mAP50": 0.74, "mAP50-95": 0.5, "wall_s": None}],
            "distill": [{"seed": 0, "mAP50": 0.69, "mAP50-95": 0.4, "wall_s": 12},
@@ -206,8 +206,17 @@ def test_distill_summary_and_targets():
     s = bench_distill.summarise(per)
     assert s["plain"]["mAP50"] == pytest.approx(0.72) and s["plain"]["wall_s"] == 10
     assert s["distill"]["wall_s"] == pytest.approx(13) and s["plain"]["wall_s_std"] is None
-    t = bench_distill.targets(s, base_map=0.75, flops_ratio=0.6)
-    assert list(t.values()) == [True, True, False, False]  # distilled 0.71 < 0.75 - 0.03; 0.6 > 0.5
+    refs = {"baseline (pretraining only)": {"mAP50": 0.9, "mAP50-95": 0.1},
+            "control_final": {"mAP50": 0.70, "mAP50-95": 0.44}, "scratch_small": {"mAP50": 0.75, "mAP50-95": 0.46}}
+    c = bench_distill.comparisons(s, refs)
+    assert [(x["model"], x["control"]) for x in c] == [("finetuned, distilled", "finetuned, plain"),
+                                                       ("finetuned, plain", "control_final"),
+                                                       ("finetuned, plain", "scratch_small")]  # never the baseline
+    assert [x["diff"] for x in c] == pytest.approx([-0.05, 0.01, -0.01])
+    assert [x["diff_mAP50"] for x in c] == pytest.approx([-0.01, 0.02, -0.03])
+    assert [x["met"] for x in c] == [False, True, False]  # a loss, however small, is not met
+    assert "-0.0500" in c[0]["text"] and "+0.0100" in c[1]["text"]
+    assert [x["control"] for x in bench_distill.comparisons(s, {})] == ["finetuned, plain"]  # controls absent
 
 
 # ------------------------------------------------------------------------------------ README

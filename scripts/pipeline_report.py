@@ -57,10 +57,12 @@ INT8_STAGE = "INT8 (ONNX Runtime)"
 TRAIN_STEPS = ("train", "sparsity", "finetune")  # history steps that train (their epochs add up)
 METRIC, METRIC_NAME = "mAP50-95", "mAP@.5:.95"  # the metric the accuracy targets are stated in
 # (stage, control, stage as the text names it, control likewise, tolerance, strict): the stage
-# meets its target when stage - control >= -tolerance (> when strict)
+# meets its target when stage - control >= -tolerance (> when strict). Only the sparse model may
+# trail its control (by 0.02: the sparsity step's stated budget); the final model must match both
+# of its controls: a loss is not "as accurate as" the alternative.
 COMPARISONS = [
     ("sparse", "control_sparse", "sparse (-sr)", "control_sparse (same training, no -sr)", 0.02, False),
-    (FINAL, "control_final", "final (pruned + finetuned)", "control_final (unpruned, trained as long)", 0.02, False),
+    (FINAL, "control_final", "final (pruned + finetuned)", "control_final (unpruned, trained as long)", 0.0, False),
     (FINAL, "scratch_small", "final (pruned + finetuned)",
      "scratch_small (width-scaled to the same FLOPs, trained from scratch)", 0.0, False),
     ("finetuned+distill", FINAL, "finetuned+distill", "finetuned (plain finetuning, the final model)", 0.0, True),

@@ -90,10 +90,12 @@ def _check_control_commands(stdout: str) -> None:
     assert _without(sparse, "-sr", valued=("--name",)) == _without(control, valued=("--name",))
     ft, cf = _command(stdout, "finetune"), _command(stdout, "control_final")
     assert _without(ft, valued=("--name", "--weights")) == _without(cf, valued=("--name", "--weights"))
+    assert "--cos-lr" in ft and "--cos-lr" in _command(stdout, "finetune_distill")  # FT_COS_LR=1 by default
     assert cf[cf.index("--weights") + 1].endswith("control_sparse/weights/last.pt")
     scratch = _command(stdout, "scratch_small")
     assert scratch[scratch.index("--epochs") + 1] == "4"  # EPOCHS + SP_EPOCHS + FT_EPOCHS of the quick run
     assert scratch[scratch.index("--cfg") + 1].endswith("scratch_small.yaml")
+    assert "--cos-lr" not in scratch and "--cos-lr" not in control  # only the finetuning steps
 
 
 @pytest.mark.parametrize("setting", ["CONTROLS", "FT_COS_LR"])

@@ -36,8 +36,12 @@ def test_a_loss_is_called_a_loss_and_met_only_within_the_stated_target():
     final = checks[("finetuned", "control_final")]
     assert final["diff"] == pytest.approx(-0.02) and final["matched"]
     assert "a loss of 0.0200" in final["text"] and "-0.0200" in final["text"]
-    assert "at most 0.02 below control_final" in final["text"]
-    assert final["met"] is True  # exactly at the stated tolerance
+    assert "at least equal to control_final" in final["text"]
+    assert final["met"] is False  # the final model has no tolerance: a loss is a miss
+    tie = _by_pair(pr.comparisons(_stages(finetuned=0.60), "test"))[("finetuned", "control_final")]
+    assert tie["met"] is True
+    sparse = _by_pair(pr.comparisons(_stages(sparse=0.54), "test"))[("sparse", "control_sparse")]
+    assert sparse["met"] is True and "at most 0.02 below control_sparse" in sparse["text"]  # exactly at it
     worse = _by_pair(pr.comparisons(_stages(finetuned=0.57), "test"))[("finetuned", "control_final")]
     assert worse["met"] is False and "a loss of 0.0300" in worse["text"]
     better = _by_pair(pr.comparisons(_stages(finetuned=0.63), "test"))[("finetuned", "control_final")]

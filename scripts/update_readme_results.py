@@ -534,6 +534,21 @@ def render_deploy(d: dict) -> list[str]:
                            "size"], rows), ""]
 
 
+def render_distill(d: dict) -> list[str]:
+    """benchmarks/bench_distill.py: plain and distilled finetuning over seeds, each comparison signed
+    with its control (met only when at least the control)."""
+    comps = d["comparisons"]
+    s = d.get("settings") or {}
+    sched = " with the cosine learning-rate schedule" if s.get("cos_lr") else ""
+    lines = [f"The pipeline run's pruned model ({f_ratio(d.get('pruned_flops_ratio'))} of the FLOPs) finetuned "
+             f"{epochs(s.get('epochs'))}{sched}, plain and distilled from `{short_path(d.get('teacher'))}`, seeds "
+             f"{', '.join(str(x) for x in d.get('seeds') or [])}; mAP of `best.pt` on the {d.get('split', 'val')} "
+             "split.", "", d["table_markdown"], "",
+             f"Comparisons (mean over the seeds, {d.get('split', 'val')} split):", ""]
+    lines += [f"- {verdict(c.get('met'))}: {c['text']}" for c in comps]
+    return lines + [""]
+
+
 def render_stored_table(key: str) -> Callable[[dict], list[str]]:
     """Files that store their own markdown table under ``key`` (or ``table``)."""
     def render(d: dict) -> list[str]:
@@ -547,6 +562,7 @@ def render_stored_table(key: str) -> Callable[[dict], list[str]]:
 # name -> (title, renderer); the order of the section
 SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "pipeline": ("The five-step pipeline", render_pipeline),
+    "distill": ("Distillation against plain finetuning, over seeds", render_distill),
     "sparsity": ("Sparsity training with and without -sr", render_sparsity),
     "penalties": ("Sparsity penalties through pruning and finetuning", render_penalties),
     "pipeline_polarization": ("The five-step pipeline with the polarization penalty", render_pipeline),

@@ -257,7 +257,7 @@ def test_results_generator_tolerates_missing_bad_and_quick_files(tmp_path):
     _write(tmp_path, "sparsity", {"quick": True, "rows": {}})
     _write(tmp_path, "latency_target", {"unexpected": 1})  # renders nothing, is left out
     _write(tmp_path, "onnx_latency", {"cpu": "Test CPU", "threads": 1, "table": "| a |\n|---|\n| 1 |"})
-    _write(tmp_path, "distill", {"references": {}})  # no longer rendered: not even read
+    _write(tmp_path, "penalty_sweep", {"references": {}})  # not a section: not even read
     found = urr.load_results(tmp_path)
     assert sorted(found) == ["latency_target", "onnx_latency"]
     body = urr.render_section(found)

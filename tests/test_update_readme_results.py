@@ -287,7 +287,7 @@ def test_penalties_intro_names_the_shared_baseline_steps_and_split():
 
 
 def test_sections_order_and_stale_files_gone():
-    assert list(urr.SECTIONS) == ["pipeline", "sparsity", "penalties", "pipeline_polarization", "sparsity_polarization",
+    assert list(urr.SECTIONS) == ["pipeline", "distill", "sparsity", "penalties", "pipeline_polarization", "sparsity_polarization",
                                   "frontier", "prune_latency_trained", "latency_target",
                                   "deploy", "prune_latency", "channels_last", "prune_time", "throughput",
                                   "onnx_latency"]
@@ -311,3 +311,17 @@ def test_render_section_in_order_skipping_stale_malformed_and_quick_files(tmp_pa
     assert titles == ["The five-step pipeline", "Sparsity training with and without -sr",
                       "CPU latency of pruned models: a sparsity-trained yolov5s", "Pruning to a latency target"]
     assert "Accuracy vs compression" not in body and "plain vs distilled" not in body  # stale files: no section
+
+
+# ------------------------------------------------------------------------------------ distillation
+def test_distill_renders_its_table_and_signed_comparisons():
+    d = {"split": "test", "seeds": [0, 1], "pruned_flops_ratio": 0.449, "teacher": "/x/wt/runs/pipeline/default/base/weights/best.pt",
+         "settings": {"epochs": 10, "cos_lr": True}, "table_markdown": "| model | a |\n|---|---|\n| plain | 1 |",
+         "comparisons": [{"text": "finetuned, distilled (mean) vs finetuned, plain: mAP@.5:.95 -0.0200", "met": False},
+                         {"text": "finetuned, plain (mean) vs control_final: mAP@.5:.95 +0.0010", "met": True}]}
+    body = _text(urr.render_distill(d))
+    assert "0.449 of the FLOPs" in body and "10 epochs with the cosine learning-rate schedule" in body
+    assert "`runs/pipeline/default/base/weights/best.pt`" in body and "seeds 0, 1" in body
+    assert "| plain | 1 |" in body and "on the test split" in body
+    assert "- MISSED: finetuned, distilled (mean) vs finetuned, plain: mAP@.5:.95 -0.0200" in body
+    assert "- met: finetuned, plain (mean) vs control_final" in body and "PASS" not in body

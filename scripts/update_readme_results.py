@@ -391,7 +391,8 @@ def render_frontier(d: dict) -> list[str]:
     sp_opt = (f" (sparsity training: {st['sp_optimizer']})"
               if st.get("sp_optimizer") and st["sp_optimizer"] != st.get("optimizer") else "")
     lines = [f"Source model `{short_path(st.get('cfg') or 'models/yolov5s.yaml')}`. Every model trained {epochs(st.get('total_epochs'))} in all ({budget.get('base')} baseline + "
-             f"{budget.get('sparse')} sparsity + {budget.get('finetune')} finetune for pruned models; from scratch "
+             f"{budget.get('sparse')} sparsity + {budget.get('finetune')} finetune for pruned models"
+             f"{'' if st.get('ft_cos_lr') is None else (', finetuned with the cosine' if st['ft_cos_lr'] else ', finetuned with the linear') + ' learning-rate schedule'}; from scratch "
              f"otherwise) on `{short_path(st.get('data'))}` at {st.get('img')} px with {st.get('optimizer')}{sp_opt}, "
              f"seed(s) {seeds}; mAP on the held-out test split (mean ± standard deviation over seeds); latency at "
              f"batch 1, BN fused, 1 thread, timed round-robin, ratios to {source} trained from scratch paired per "
@@ -567,6 +568,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "penalties": ("Sparsity penalties through pruning and finetuning", render_penalties),
     "pipeline_polarization": ("The five-step pipeline with the polarization penalty", render_pipeline),
     "sparsity_polarization": ("Sparsity training with the polarization penalty, with and without -sr", render_sparsity),
+    "frontier_ft_cosine": ("Accuracy against latency with the cosine finetuning (the current default)", render_frontier),
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "prune_latency_trained": ("CPU latency of pruned models: a sparsity-trained yolov5s", render_prune_latency_trained),
     "latency_target": ("Pruning to a latency target", render_latency_target),

@@ -325,6 +325,11 @@ def test_table_plot_and_readme_section(tmp_path):
     assert "sparsity training:" not in body  # the same optimizer as the other trainings: not repeated
     sgd = {**report, "settings": {**report["settings"], "sp_optimizer": "SGD"}}
     assert "with AdamW (sparsity training: SGD)" in "\n".join(urr.render_frontier(sgd))
+    assert "finetuned with the linear learning-rate schedule" in body  # the plan's Settings record it
+    cos = {**report, "settings": {**report["settings"], "ft_cos_lr": True}}
+    assert "finetuned with the cosine learning-rate schedule" in "\n".join(urr.render_frontier(cos))
+    old = {**report, "settings": {k: v for k, v in report["settings"].items() if k != "ft_cos_lr"}}
+    assert "schedule" not in "\n".join(urr.render_frontier(old))  # results from before it was recorded
     assert png is None or f"]({png})" in body
     (tmp_path / "frontier.json").write_text(json.dumps({**report, "quick": True}))
     assert urr.load_results(tmp_path) == {}  # smoke runs never reach the README

@@ -18,7 +18,7 @@
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
 # FT_COS_LR (default 1: the finetuning steps, and control_final which finetunes like them, use the cosine
 # learning-rate schedule, --cos-lr, which finetuned the pruned model to a higher test mAP than the linear one;
-# 0: the linear schedule of every other step). scratch_small keeps the linear schedule (cosine lowered it).
+# 0: the linear schedule of every other step). scratch_small trains with the linear schedule of step 1.
 # CONTROLS (default 1; 0 skips them) trains the matched controls the report compares with, each with
 # the same data, image size and total epochs as the model it is compared with:
 #   control_sparse  the sparsity step's exact command without -sr (the control of the sparse model);

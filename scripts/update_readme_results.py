@@ -159,6 +159,12 @@ def date_text(d: dict, path: Path) -> str:
 INT8_STAGE = "INT8 (ONNX Runtime)"  # the pipeline report's row of the quantized final model
 
 
+def lr_schedule_text(cos_lr: Any) -> str:
+    """``the cosine learning-rate schedule`` / ``the linear ...`` for a recorded ``cos_lr``; empty
+    when the result did not record it."""
+    return "" if cos_lr is None else f"the {'cosine' if cos_lr else 'linear'} learning-rate schedule"
+
+
 def penalty_text(opt: dict) -> str:
     """`` with the polarization penalty (t 1, global mean)`` for a sparse stage's options; empty for L1."""
     pen = opt.get("sr_penalty")
@@ -187,8 +193,8 @@ def pipeline_intro(d: dict) -> list[str]:
     s = d.get("settings") or {}
     prune = s.get("prune") or {}
     parts = [f"{k} {epochs(s[k].get('epochs'))}" for k in ("base", "sparse", "finetune") if k in s]
-    if "finetune" in s and s["finetune"].get("cos_lr") is not None:
-        parts[-1] += f" ({'cosine' if s['finetune']['cos_lr'] else 'linear'} learning-rate schedule)"
+    if "finetune" in s and (sched := lr_schedule_text(s["finetune"].get("cos_lr"))):
+        parts[-1] += f" ({sched.removeprefix('the ')})"
     if "sparse" in s and s["sparse"].get("scale") is not None:
         parts.append(f"sparsity scale {s['sparse']['scale']}" + penalty_text(s["sparse"]))
     if prune:
@@ -392,7 +398,7 @@ def render_frontier(d: dict) -> list[str]:
               if st.get("sp_optimizer") and st["sp_optimizer"] != st.get("optimizer") else "")
     lines = [f"Source model `{short_path(st.get('cfg') or 'models/yolov5s.yaml')}`. Every model trained {epochs(st.get('total_epochs'))} in all ({budget.get('base')} baseline + "
              f"{budget.get('sparse')} sparsity + {budget.get('finetune')} finetune for pruned models"
-             f"{'' if st.get('ft_cos_lr') is None else (', finetuned with the cosine' if st['ft_cos_lr'] else ', finetuned with the linear') + ' learning-rate schedule'}; from scratch "
+             f"{(', finetuned with ' + sched) if (sched := lr_schedule_text(st.get('ft_cos_lr'))) else ''}; from scratch "
              f"otherwise) on `{short_path(st.get('data'))}` at {st.get('img')} px with {st.get('optimizer')}{sp_opt}, "
              f"seed(s) {seeds}; mAP on the held-out test split (mean ± standard deviation over seeds); latency at "
              f"batch 1, BN fused, 1 thread, timed round-robin, ratios to {source} trained from scratch paired per "
@@ -540,7 +546,7 @@ def render_distill(d: dict) -> list[str]:
     with its control (met only when at least the control)."""
     comps = d["comparisons"]
     s = d.get("settings") or {}
-    sched = " with the cosine learning-rate schedule" if s.get("cos_lr") else ""
+    sched = f" with {sched}" if (sched := lr_schedule_text(s.get("cos_lr"))) else ""
     lines = [f"The pipeline run's pruned model ({f_ratio(d.get('pruned_flops_ratio'))} of the FLOPs) finetuned "
              f"{epochs(s.get('epochs'))}{sched}, plain and distilled from `{short_path(d.get('teacher'))}`, seeds "
              f"{', '.join(str(x) for x in d.get('seeds') or [])}; mAP of `best.pt` on the {d.get('split', 'val')} "

@@ -325,3 +325,7 @@ def test_distill_renders_its_table_and_signed_comparisons():
     assert "| plain | 1 |" in body and "on the test split" in body
     assert "- MISSED: finetuned, distilled (mean) vs finetuned, plain: mAP@.5:.95 -0.0200" in body
     assert "- met: finetuned, plain (mean) vs control_final" in body and "PASS" not in body
+    d["settings"]["cos_lr"] = False
+    assert "10 epochs with the linear learning-rate schedule" in _text(urr.render_distill(d))
+    del d["settings"]["cos_lr"]
+    assert "schedule" not in _text(urr.render_distill(d))  # files that did not record it

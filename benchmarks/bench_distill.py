@@ -17,7 +17,8 @@ and the wall time of both modes, beside the baseline, the teacher, the pruned mo
 finetuning and the run's matched controls. Comparisons (mean over seeds, signed, "met" only when
 at least the control): distilled vs plain (does distillation help?), plain vs ``control_final``
 (the unpruned model trained as long, finetuned alike) and vs ``scratch_small`` (the width-scaled
-model trained from scratch to the pruned model's FLOPs, as long). Writes
+model trained from scratch to the pruned model's FLOPs, as long; ``scratch_small_cos`` the same with
+the cosine schedule, where the run has it). Writes
 ``benchmarks/results/distill.json`` (``--quick``: ``runs/bench/quick/results``).
 """
 from __future__ import annotations
@@ -33,7 +34,8 @@ import accuracy_common as ac  # noqa: E402
 MODES = ("plain", "distill")
 # the pipeline run's matched controls of the finetuned model: folder -> what it is
 CONTROLS = {"control_final": "unpruned, trained as long, finetuned alike",
-            "scratch_small": "width-scaled to the pruned FLOPs, trained from scratch as long"}
+            "scratch_small": "width-scaled to the pruned FLOPs, trained from scratch as long",
+            "scratch_small_cos": "scratch_small trained with the cosine schedule"}
 SETTING_KEYS = [*ac.TRAIN_FLAGS, *ac.TRAIN_SWITCHES]
 
 
@@ -70,7 +72,7 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict]:
 
 def comparisons(summary: dict, refs: dict[str, dict]) -> list[dict]:
     """Signed mean differences (mAP@.5:.95, mAP@.5): distilled vs plain, and plain vs each matched
-    control of the run that exists (``control_final``, ``scratch_small``); met only when at least
+    control of the run that exists (``control_final``, ``scratch_small``, ``scratch_small_cos``); met only when at least
     the control."""
     pairs = [("finetuned, distilled", summary["distill"], "finetuned, plain", summary["plain"])]
     pairs += [("finetuned, plain", summary["plain"], name, refs[name]) for name in CONTROLS if name in refs]

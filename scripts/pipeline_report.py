@@ -13,7 +13,8 @@ names its matched control, the model trained with the same data, image size and 
 - sparse vs control_sparse (the same training without -sr),
 - the final model (pruned + finetuned) vs control_final (the unpruned model trained as long),
 - the final model vs scratch_small (a width-scaled model with the pruned model's FLOPs, trained
-  from scratch for the same total epochs: the "just train a smaller model" alternative),
+  from scratch for the same total epochs: the "just train a smaller model" alternative); when it
+  was also trained with the cosine schedule (scratch_small_cos), the more accurate of the two,
 - distilled vs plain finetuning.
 
 Each line shows the signed mAP difference and a stated target; "met" only when that target is met.
@@ -51,21 +52,25 @@ from utils.torch_utils import count_flops, count_params  # noqa: E402
 # (row name, flag, required): the rows in table order; the controls are optional (CONTROLS=0)
 STAGES = [("baseline", "base", True), ("sparse", "sparse", True), ("control_sparse", "control-sparse", False),
           ("pruned", "pruned", True), ("finetuned", "finetune", True), ("finetuned+distill", "distill", True),
-          ("control_final", "control-final", False), ("scratch_small", "scratch-small", False)]
+          ("control_final", "control-final", False), ("scratch_small", "scratch-small", False),
+          ("scratch_small_cos", "scratch-small-cos", False)]
 FINAL = "finetuned"  # the pipeline's final model: plain finetuning
 INT8_STAGE = "INT8 (ONNX Runtime)"
 TRAIN_STEPS = ("train", "sparsity", "finetune")  # history steps that train (their epochs add up)
 METRIC, METRIC_NAME = "mAP50-95", "mAP@.5:.95"  # the metric the accuracy targets are stated in
-# (stage, control, stage as the text names it, control likewise, tolerance, strict): the stage
-# meets its target when stage - control >= -tolerance (> when strict). Only the sparse model may
+SCRATCH = {"scratch_small": "scratch_small (width-scaled to the same FLOPs, trained from scratch)",
+           "scratch_small_cos": "scratch_small_cos (width-scaled to the same FLOPs, trained from scratch, cosine lr)"}
+# (stage, stage as the text names it, {control: control as the text names it}, tolerance, strict):
+# the stage meets its target when stage - control >= -tolerance (> when strict). Where several
+# controls are given (the scratch model trained with either schedule), the stage is compared with
+# the most accurate of those that were run: the strongest alternative. Only the sparse model may
 # trail its control (by 0.02: the sparsity step's stated budget); the final model must match both
 # of its controls: a loss is not "as accurate as" the alternative.
 COMPARISONS = [
-    ("sparse", "control_sparse", "sparse (-sr)", "control_sparse (same training, no -sr)", 0.02, False),
-    (FINAL, "control_final", "final (pruned + finetuned)", "control_final (unpruned, trained as long)", 0.0, False),
-    (FINAL, "scratch_small", "final (pruned + finetuned)",
-     "scratch_small (width-scaled to the same FLOPs, trained from scratch)", 0.0, False),
-    ("finetuned+distill", FINAL, "finetuned+distill", "finetuned (plain finetuning, the final model)", 0.0, True),
+    ("sparse", "sparse (-sr)", {"control_sparse": "control_sparse (same training, no -sr)"}, 0.02, False),
+    (FINAL, "final (pruned + finetuned)", {"control_final": "control_final (unpruned, trained as long)"}, 0.0, False),
+    (FINAL, "final (pruned + finetuned)", SCRATCH, 0.0, False),
+    ("finetuned+distill", "finetuned+distill", {FINAL: "finetuned (plain finetuning, the final model)"}, 0.0, True),
 ]
 SIZE_TARGETS = {"params": 0.5, "flops": 0.5}  # final / baseline at most this
 BASELINE_MAP50 = 0.7  # the baseline is trained well enough to be worth pruning
@@ -194,12 +199,22 @@ def flops_words(a: dict, b: dict) -> str:
     return "" if abs(r - 1) < 1e-9 else f"; FLOPs {r:.3f}x the control's"
 
 
-def compare(stages: dict, stage: str, control: str, stage_label: str, control_label: str, tolerance: float,
+def strongest(stages: dict, controls: Sequence[str]) -> str | None:
+    """The most accurate of ``controls`` that has a row (None when none has)."""
+    present = [c for c in controls if c in stages]
+    return max(present, key=lambda c: stages[c][METRIC]) if present else None
+
+
+def compare(stages: dict, stage: str, stage_label: str, controls: dict[str, str], tolerance: float,
             strict: bool, split: str) -> dict | None:
-    """One accuracy comparison of ``stage`` with ``control`` on ``split`` (None when either row is
-    missing): signed differences, the stated target, whether it is met and a sentence saying so."""
-    if stage not in stages or control not in stages:
+    """One accuracy comparison of ``stage`` with the most accurate of ``controls`` on ``split``
+    (None when the stage or every control is missing): signed differences, the stated target,
+    whether it is met and a sentence saying so."""
+    control = strongest(stages, list(controls))
+    if stage not in stages or control is None:
         return None
+    ran = [c for c in controls if c in stages]
+    control_label = controls[control] + (f", the more accurate of {' and '.join(ran)}" if len(ran) > 1 else "")
     a, b = stages[stage], stages[control]
     diff = a[METRIC] - b[METRIC]
     shown = round(diff, 4)  # verdict and words follow the difference as printed
@@ -208,7 +223,7 @@ def compare(stages: dict, stage: str, control: str, stage_label: str, control_la
     text = (f"{stage_label} vs {control_label}, {epochs_words(a, b)}, {split} split: {METRIC_NAME} "
             f"{signed(diff)} ({change_words(shown)}; mAP@.5 {signed(a['mAP50'] - b['mAP50'])}"
             f"{flops_words(a, b)}); target: {target}")
-    return {"stage": stage, "control": control, "split": split, "metric": METRIC, "diff": diff,
+    return {"stage": stage, "control": control, "alternatives": ran, "split": split, "metric": METRIC, "diff": diff,
             "diff_mAP50": a["mAP50"] - b["mAP50"], "flops_ratio": a["flops"] / b["flops"],
             "epochs": [a.get("epochs"), b.get("epochs")],
             "matched": a.get("epochs") == b.get("epochs"), "target": target, "met": bool(met), "text": text}
@@ -240,8 +255,12 @@ def comparisons(stages: dict, split: str) -> list[dict]:
 
 
 def missing_controls(stages: dict) -> list[str]:
-    return [f"{s} vs {c}: not compared ({c} was not run; CONTROLS=0?)"
-            for s, c, *_ in COMPARISONS if s in stages and c not in stages]
+    out = []
+    for stage, _, controls, *_ in COMPARISONS:
+        if stage in stages and strongest(stages, list(controls)) is None:
+            names = " or ".join(controls)
+            out.append(f"{stage} vs {names}: not compared ({names} was not run; CONTROLS=0?)")
+    return out
 
 
 def targets(checks: Sequence[dict]) -> dict[str, bool]:

@@ -18,13 +18,16 @@
 # N least important residual blocks first (--layers N); TARGET_FLOPS then refers to that model.
 # FT_COS_LR (default 1: the finetuning steps, and control_final which finetunes like them, use the cosine
 # learning-rate schedule, --cos-lr, which finetuned the pruned model to a higher test mAP than the linear one;
-# 0: the linear schedule of every other step). scratch_small trains with the linear schedule of step 1.
+# 0: the linear schedule of every other step). scratch_small trains with the linear schedule of step 1;
+# SCRATCH_COS_LR (default 1) also trains it with the cosine schedule (scratch_small_cos), and the report
+# compares the final model with the more accurate of the two (0: the linear one only).
 # CONTROLS (default 1; 0 skips them) trains the matched controls the report compares with, each with
 # the same data, image size and total epochs as the model it is compared with:
 #   control_sparse  the sparsity step's exact command without -sr (the control of the sparse model);
 #   control_final   control_sparse finetuned like the pruned model, unpruned (EPOCHS+SP_EPOCHS+FT_EPOCHS);
 #   scratch_small   CFG width-scaled to the pruned model's FLOPs at IMG (scripts/scaled_cfg.py), trained
-#                   from scratch with HYP for EPOCHS+SP_EPOCHS+FT_EPOCHS (needs an upstream .yaml CFG).
+#                   from scratch with HYP for EPOCHS+SP_EPOCHS+FT_EPOCHS (needs an upstream .yaml CFG);
+#   scratch_small_cos  the same with the cosine schedule (SCRATCH_COS_LR=1).
 # The report measures every accuracy on the dataset's held-out test split (val when it has none).
 #
 # The defaults are chosen for a 2-core CPU: yolov5n at 160 px, AdamW (it converges from scratch
@@ -67,6 +70,12 @@ FT_COS_LR=${FT_COS_LR:-1}
 case "$FT_COS_LR" in
   0|1) ;;
   *) echo "FT_COS_LR=$FT_COS_LR: use 1 (finetune with --cos-lr) or 0 (the linear schedule)" >&2; exit 2 ;;
+esac
+SCRATCH_COS_LR=${SCRATCH_COS_LR:-1}
+case "$SCRATCH_COS_LR" in
+  0|1) ;;
+  *) echo "SCRATCH_COS_LR=$SCRATCH_COS_LR: use 1 (also train scratch_small with --cos-lr) or 0 (linear only)" >&2
+     exit 2 ;;
 esac
 case "$LAYERS" in
   ''|*[!0-9]*) echo "LAYERS=$LAYERS: give the number of residual blocks to remove (0: none)" >&2; exit 2 ;;
@@ -176,9 +185,14 @@ if [ "$CONTROLS" = 1 ]; then
       [ -n "$WEIGHTS" ] && echo "NOTE: the baseline started from WEIGHTS=$WEIGHTS; scratch_small starts from scratch"
       step scratch_cfg $PY scripts/scaled_cfg.py --cfg "$CFG" --match "$PRUNED" --img "$IMG" \
         --out "$OUT/scratch_small.yaml"
-      step scratch_small $PY train.py "${COMMON[@]}" --epochs "$(( EPOCHS + SP_EPOCHS + FT_EPOCHS ))" \
-        --hyp "$HYP" --cfg "$OUT/scratch_small.yaml" --weights '' --name scratch_small
-      CONTROL_ARGS+=(--scratch-small "$OUT/scratch_small/weights/best.pt") ;;
+      SCRATCH_ARGS=("${COMMON[@]}" --epochs "$(( EPOCHS + SP_EPOCHS + FT_EPOCHS ))" --hyp "$HYP"
+                    --cfg "$OUT/scratch_small.yaml" --weights '')
+      step scratch_small $PY train.py "${SCRATCH_ARGS[@]}" --name scratch_small
+      CONTROL_ARGS+=(--scratch-small "$OUT/scratch_small/weights/best.pt")
+      if [ "$SCRATCH_COS_LR" = 1 ]; then
+        step scratch_small_cos $PY train.py "${SCRATCH_ARGS[@]}" --cos-lr --name scratch_small_cos
+        CONTROL_ARGS+=(--scratch-small-cos "$OUT/scratch_small_cos/weights/best.pt")
+      fi ;;
     *) echo "scratch_small skipped: CFG=$CFG is not an upstream model .yaml (width scaling needs width_multiple)" ;;
   esac
 fi

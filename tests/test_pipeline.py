@@ -9,10 +9,10 @@ import pytest
 from tests.conftest import ROOT
 
 STAGES = ["baseline", "sparse", "control_sparse", "pruned", "finetuned", "finetuned+distill", "control_final",
-          "scratch_small"]
+          "scratch_small", "scratch_small_cos"]
 FIELDS = ["weights", "epochs", "mAP50", "mAP50-95", "params", "flops", "size_mb", "cpu_ms", "gpu_ms", "ratio"]
 STEPS = ["train", "sparsity", "prune", "finetune", "finetune_distill", "detect", "control_sparse", "control_final",
-         "scratch_cfg", "scratch_small", "report"]
+         "scratch_cfg", "scratch_small", "scratch_small_cos", "report"]
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="bash pipeline")
@@ -54,9 +54,12 @@ def _check_controls(report: dict, run) -> None:
     assert st["control_final"]["params"] == base["params"]  # the control is not pruned
     assert abs(small["flops"] / pruned["flops"] - 1) < 0.15  # scratch_small has the pruned model's FLOPs
     pairs = [(c["stage"], c["control"]) for c in report["comparisons"]]
-    for pair in [("sparse", "control_sparse"), ("finetuned", "control_final"), ("finetuned", "scratch_small"),
+    stronger = max(("scratch_small", "scratch_small_cos"), key=lambda k: st[k]["mAP50-95"])
+    for pair in [("sparse", "control_sparse"), ("finetuned", "control_final"), ("finetuned", stronger),
                  ("finetuned+distill", "finetuned")]:
         assert pair in pairs, pair
+    assert st["scratch_small_cos"]["epochs"] == st["scratch_small"]["epochs"]
+    assert st["scratch_small_cos"]["params"] == st["scratch_small"]["params"]
     for c in report["comparisons"]:
         if "diff" in c:  # an accuracy comparison: signed difference of the two rows on the test split
             assert c["diff"] == pytest.approx(st[c["stage"]]["mAP50-95"] - st[c["control"]]["mAP50-95"])
@@ -96,9 +99,12 @@ def _check_control_commands(stdout: str) -> None:
     assert scratch[scratch.index("--epochs") + 1] == "4"  # EPOCHS + SP_EPOCHS + FT_EPOCHS of the quick run
     assert scratch[scratch.index("--cfg") + 1].endswith("scratch_small.yaml")
     assert "--cos-lr" not in scratch and "--cos-lr" not in control  # only the finetuning steps
+    cos = _command(stdout, "scratch_small_cos")  # and the scratch model's second schedule (SCRATCH_COS_LR=1)
+    assert _without(cos, "--cos-lr", valued=("--name",)) == _without(scratch, valued=("--name",))
+    assert "--cos-lr" in cos
 
 
-@pytest.mark.parametrize("setting", ["CONTROLS", "FT_COS_LR"])
+@pytest.mark.parametrize("setting", ["CONTROLS", "FT_COS_LR", "SCRATCH_COS_LR"])
 def test_pipeline_rejects_an_unknown_switch_value(setting):
     env = dict(os.environ, QUICK="1", NAME=f"pytest_controls_{os.getpid()}", PYTHON=sys.executable, **{setting: "yes"})
     r = subprocess.run(["bash", "scripts/run_pipeline.sh"], cwd=ROOT, env=env, capture_output=True,

@@ -65,6 +65,23 @@ def test_final_must_match_scratch_small_and_distillation_must_beat_plain_finetun
     assert sparse["met"] is True and "a loss of 0.0100" in sparse["text"] and "no -sr" in sparse["text"]
 
 
+def test_final_is_compared_with_the_more_accurate_scratch_schedule():
+    st = _stages()
+    st["scratch_small_cos"] = {**st["scratch_small"], "mAP50-95": 0.62}
+    by = _by_pair(pr.comparisons(st, "test"))
+    assert ("finetuned", "scratch_small") not in by  # one comparison, with the stronger of the two
+    c = by[("finetuned", "scratch_small_cos")]
+    assert c["diff"] == pytest.approx(-0.04) and c["met"] is False and c["alternatives"] == ["scratch_small",
+                                                                                              "scratch_small_cos"]
+    assert "cosine lr), the more accurate of scratch_small and scratch_small_cos," in c["text"]
+    st["scratch_small_cos"]["mAP50-95"] = 0.50  # the linear schedule was better: it is the control
+    c = _by_pair(pr.comparisons(st, "test"))[("finetuned", "scratch_small")]
+    assert c["diff"] == pytest.approx(-0.01) and "the more accurate of" in c["text"]
+    del st["scratch_small"]  # only one schedule run: compared with it, no choice to mention
+    c = _by_pair(pr.comparisons(st, "test"))[("finetuned", "scratch_small_cos")]
+    assert c["diff"] == pytest.approx(0.08) and c["met"] is True and "the more accurate" not in c["text"]
+
+
 def test_comparisons_name_the_split_and_say_when_epochs_differ():
     st = _stages()
     st["control_final"]["epochs"] = 30

@@ -217,6 +217,11 @@ def test_distill_summary_and_comparisons():
     assert [x["met"] for x in c] == [False, True, False]  # a loss, however small, is not met
     assert "-0.0500" in c[0]["text"] and "+0.0100" in c[1]["text"]
     assert [x["control"] for x in bench_distill.comparisons(s, {})] == ["finetuned, plain"]  # controls absent
+    refs["scratch_small_cos"] = {"mAP50": 0.70, "mAP50-95": 0.40}  # the weaker schedule: never the control
+    assert [x["control"] for x in bench_distill.comparisons(s, refs)][1:] == ["control_final", "scratch_small"]
+    refs["scratch_small_cos"] = {"mAP50": 0.80, "mAP50-95": 0.50}  # the stronger one replaces it
+    c = bench_distill.comparisons(s, refs)
+    assert [x["control"] for x in c][1:] == ["control_final", "scratch_small_cos"] and c[2]["diff"] == pytest.approx(-0.05)
 
 
 # ------------------------------------------------------------------------------------ README

@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "run": str(run.root), "split": split, "seeds": opt.seeds, "penalties": opt.penalties,
               "settings": {k: settings.get(k) for k in bs.SETTING_KEYS if k in settings},
               "prune": {k: step.get(k) for k in ("strategy", "ratio", "settings")},
-              "finetune_epochs": ft_settings.get("epochs"),
+              "finetune_epochs": ft_settings.get("epochs"), "finetune_cos_lr": ft_settings.get("cos_lr"),
               "chains": chains, "summary": summary, "table_markdown": table}
     ac.write_report(ac.results_path("penalties", smoke, opt.json), report)
     return 0

@@ -184,7 +184,7 @@ def render_penalties(d: dict) -> list[str]:
     return [f"Each penalty from the same pipeline baseline (`{short_path(d.get('run'))}`): {epochs(st.get('epochs'))} of "
             f"sparsity training at {st.get('img')} px with {st.get('optimizer')} and scale {st.get('scale')}, the run's "
             f"prune step (strategy {prune.get('strategy')} {how}), then {epochs(d.get('finetune_epochs'))} of "
-            f"finetuning; seeds {', '.join(map(str, d.get('seeds') or []))}; mAP@.5:.95 on the {d.get('split', 'val')} "
+            f"finetuning{(' with ' + sched) if (sched := lr_schedule_text(d.get('finetune_cos_lr'))) else ''}; seeds {', '.join(map(str, d.get('seeds') or []))}; mAP@.5:.95 on the {d.get('split', 'val')} "
             "split (val chose each finetune's best.pt).", "", d["table_markdown"], ""]
 
 

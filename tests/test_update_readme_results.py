@@ -281,6 +281,8 @@ def test_penalties_intro_names_the_shared_baseline_steps_and_split():
     assert "(`runs/pipeline/default`): 15 epochs of sparsity training at 160 px with AdamW and scale 0.03" in body
     assert "strategy 8x to 0.45 of the flops), then 10 epochs of finetuning; seeds 0, 1; mAP@.5:.95 on the test" in body
     assert "| l1 | 0 |" in body
+    d["finetune_cos_lr"] = True
+    assert "then 10 epochs of finetuning with the cosine learning-rate schedule; seeds" in _text(urr.render_penalties(d))
     pipe = new_pipeline()
     pipe["settings"]["sparse"].update(sr_penalty="polarization", sr_polar_t=1.0, sr_polar_mean="layer")
     assert "sparsity scale 0.003 with the polarization penalty (t 1, layer mean)" in _text(urr.render_pipeline(pipe))

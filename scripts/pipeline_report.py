@@ -259,7 +259,8 @@ def missing_controls(stages: dict) -> list[str]:
     for stage, _, controls, *_ in COMPARISONS:
         if stage in stages and strongest(stages, list(controls)) is None:
             names = " or ".join(controls)
-            out.append(f"{stage} vs {names}: not compared ({names} was not run; CONTROLS=0?)")
+            out.append(f"{stage} vs {names}: not compared ({names} {'was' if len(controls) == 1 else 'were'} "
+                       f"not run; CONTROLS=0?)")
     return out
 
 

@@ -181,11 +181,13 @@ def render_penalties(d: dict) -> list[str]:
     prune = d.get("prune") or {}
     tgt = (prune.get("settings") or {}).get("target") or {}
     how = f"to {tgt['target']} of the {tgt['metric']}" if tgt.get("metric") else f"at ratio {prune.get('ratio')}"
+    sched = lr_schedule_text(d.get("finetune_cos_lr"))  # results before it was recorded: not named
     return [f"Each penalty from the same pipeline baseline (`{short_path(d.get('run'))}`): {epochs(st.get('epochs'))} of "
             f"sparsity training at {st.get('img')} px with {st.get('optimizer')} and scale {st.get('scale')}, the run's "
             f"prune step (strategy {prune.get('strategy')} {how}), then {epochs(d.get('finetune_epochs'))} of "
-            f"finetuning{(' with ' + sched) if (sched := lr_schedule_text(d.get('finetune_cos_lr'))) else ''}; seeds {', '.join(map(str, d.get('seeds') or []))}; mAP@.5:.95 on the {d.get('split', 'val')} "
-            "split (val chose each finetune's best.pt).", "", d["table_markdown"], ""]
+            f"finetuning{' with ' + sched if sched else ''}; seeds {', '.join(map(str, d.get('seeds') or []))}; "
+            f"mAP@.5:.95 on the {d.get('split', 'val')} split (val chose each finetune's best.pt).", "",
+            d["table_markdown"], ""]
 
 
 def pipeline_intro(d: dict) -> list[str]:

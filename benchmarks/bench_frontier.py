@@ -503,7 +503,7 @@ def report(opt: argparse.Namespace, s: fs.Settings, stages: Sequence[fs.Stage], 
         print(line)
     table = format_table(rows)
     comps = comparisons(rows, s.flops, fs.pipeline_method())
-    curves = {name: curve(root / name / "results.csv") for name in fs.teacher_stages(s)}
+    curves = {name: curve(root / name / "results.csv") for name in fs.source_stages(s)}
     return {"benchmark": "frontier", "quick": bool(opt.quick), "date": ac.now(), "machine": ac.machine_info(),
             "settings": {**asdict(s), "total_epochs": s.budget.total}, "root": str(root),
             "teacher": teacher_picker(root, s, stages)() if any("distill" in r["method"] for r in rows) else None,

@@ -216,9 +216,16 @@ def model_name(cfg: str | Path) -> str:
 SOURCE_KEY = "src"
 
 
-def teacher_stages(s: Settings) -> tuple[str, ...]:
-    """The unpruned source-model trainings a distilled finetuning may take its teacher from."""
+def source_stages(s: Settings) -> tuple[str, ...]:
+    """Every unpruned training of the source model: the pretrained baseline and each seed from scratch."""
     return ("base", *[f"scratch_{SOURCE_KEY}_s{seed}" for seed in s.seeds])
+
+
+def teacher_stages(s: Settings) -> tuple[str, ...]:
+    """The unpruned source-model trainings a distilled finetuning may take its teacher from: the
+    baseline and the first seed's source model, so that every seed distils from the same teacher
+    (the seeds' spread is the student's alone) and adding seeds leaves finished distillations valid."""
+    return source_stages(s)[:2]
 
 
 def scratch_models(s: Settings, widths: dict[float, str]) -> list[tuple[str, str, str, float | None]]:

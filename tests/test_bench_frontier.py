@@ -85,6 +85,11 @@ def test_plan_gives_every_model_the_same_total_epochs(tmp_path):
     assert {"trained from scratch", "ours 8x default", "ours 3 latency + distill", "Torch-Pruning BNScalePruner"} <= methods
     refs = [st for st in stages if st.row.get("reference")]  # the source model from scratch, per seed
     assert [st.name for st in refs] == ["scratch_src_s0", "scratch_src_s1"]
+    # every seed distils from the same teacher candidates: the first seed's source model, not its own
+    later = by["ft_3_default_f0.7_distill_s1"]
+    assert "scratch_src_s0" in later.needs and "scratch_src_s1" not in later.needs
+    assert fs.teacher_stages(_settings(seeds=(0, 1))) == ("base", "scratch_src_s0")
+    assert fs.source_stages(_settings(seeds=(0, 1))) == ("base", "scratch_src_s0", "scratch_src_s1")
     assert all(st.cmd[st.cmd.index("--cfg") + 1] == "models/yolov5n.yaml" for st in refs)
 
 

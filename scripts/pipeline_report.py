@@ -199,21 +199,15 @@ def flops_words(a: dict, b: dict) -> str:
     return "" if abs(r - 1) < 1e-9 else f"; FLOPs {r:.3f}x the control's"
 
 
-def strongest(stages: dict, controls: Sequence[str]) -> str | None:
-    """The most accurate of ``controls`` that has a row (None when none has)."""
-    present = [c for c in controls if c in stages]
-    return max(present, key=lambda c: stages[c][METRIC]) if present else None
-
-
 def compare(stages: dict, stage: str, stage_label: str, controls: dict[str, str], tolerance: float,
             strict: bool, split: str) -> dict | None:
     """One accuracy comparison of ``stage`` with the most accurate of ``controls`` on ``split``
     (None when the stage or every control is missing): signed differences, the stated target,
     whether it is met and a sentence saying so."""
-    control = strongest(stages, list(controls))
-    if stage not in stages or control is None:
-        return None
     ran = [c for c in controls if c in stages]
+    if stage not in stages or not ran:
+        return None
+    control = max(ran, key=lambda c: stages[c][METRIC])
     control_label = controls[control] + (f", the more accurate of {' and '.join(ran)}" if len(ran) > 1 else "")
     a, b = stages[stage], stages[control]
     diff = a[METRIC] - b[METRIC]
@@ -257,7 +251,7 @@ def comparisons(stages: dict, split: str) -> list[dict]:
 def missing_controls(stages: dict) -> list[str]:
     out = []
     for stage, _, controls, *_ in COMPARISONS:
-        if stage in stages and strongest(stages, list(controls)) is None:
+        if stage in stages and not any(c in stages for c in controls):
             names = " or ".join(controls)
             out.append(f"{stage} vs {names}: not compared ({names} {'was' if len(controls) == 1 else 'were'} "
                        f"not run; CONTROLS=0?)")

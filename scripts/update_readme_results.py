@@ -548,9 +548,9 @@ def render_distill(d: dict) -> list[str]:
     with its control (met only when at least the control)."""
     comps = d["comparisons"]
     s = d.get("settings") or {}
-    sched = f" with {sched}" if (sched := lr_schedule_text(s.get("cos_lr"))) else ""
+    sched = lr_schedule_text(s.get("cos_lr"))
     lines = [f"The pipeline run's pruned model ({f_ratio(d.get('pruned_flops_ratio'))} of the FLOPs) finetuned "
-             f"{epochs(s.get('epochs'))}{sched}, plain and distilled from `{short_path(d.get('teacher'))}`, seeds "
+             f"{epochs(s.get('epochs'))}{' with ' + sched if sched else ''}, plain and distilled from `{short_path(d.get('teacher'))}`, seeds "
              f"{', '.join(str(x) for x in d.get('seeds') or [])}; mAP of `best.pt` on the {d.get('split', 'val')} "
              "split.", "", d["table_markdown"], "",
              f"Comparisons (mean over the seeds, {d.get('split', 'val')} split):", ""]

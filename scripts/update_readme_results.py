@@ -579,6 +579,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "frontier_linear_finetune": ("Accuracy against latency with linear finetuning (an earlier run, another machine)",
                                  render_frontier),
+    "frontier_converged": ("Accuracy against latency from a longer-trained baseline", render_frontier),
     "prune_latency_trained": ("CPU latency of pruned models: a sparsity-trained yolov5s", render_prune_latency_trained),
     "latency_target": ("Pruning to a latency target", render_latency_target),
     "deploy": ("Deployment: runtimes and INT8", render_deploy),

@@ -45,13 +45,15 @@ def configure(trainer: Trainer) -> None:
     if c.sr:
         trainer.register(SparsityHook(layers, c.scale, c.sr_schedule, c.sr_decay_epoch_frac, c.sr_decay_factor,
                                       c.sr_local_keep, c.sr_per_image, c.epochs, form=form, penalty=c.sr_penalty,
-                                      polar_t=c.sr_polar_t, polar_mean=c.sr_polar_mean))
+                                      polar_t=c.sr_polar_t, polar_mean=c.sr_polar_mean,
+                                      polar_quantile=c.sr_polar_quantile))
     polar = c.sr and c.sr_penalty == "polarization"
     trainer.history_extra.update({
         "sr": bool(c.sr), "scale": c.scale if c.sr else 0.0, "schedule": c.sr_schedule,
         "per_image": bool(c.sr_per_image), "prune": c.prune, "layers": layers,
         "sr_form": form if c.sr else None, "sr_penalty": c.sr_penalty if c.sr else None,
-        "sr_polar_t": c.sr_polar_t if polar else None, "sr_polar_mean": c.sr_polar_mean if polar else None})
+        "sr_polar_t": c.sr_polar_t if polar else None, "sr_polar_mean": c.sr_polar_mean if polar else None,
+        "sr_polar_quantile": c.sr_polar_quantile if polar else None})
 
 
 @cli_main

@@ -45,7 +45,7 @@ TRAIN_SWITCHES = {"cos_lr": "--cos-lr", "rect": "--rect", "noautoanchor": "--noa
 SPARSITY_FLAGS = {"scale": "--scale", "prune": "--prune", "sr_schedule": "--sr-schedule",
                   "sr_decay_epoch_frac": "--sr-decay-epoch-frac", "sr_decay_factor": "--sr-decay-factor",
                   "sr_local_keep": "--sr-local-keep", "sr_penalty": "--sr-penalty", "sr_polar_t": "--sr-polar-t",
-                  "sr_polar_mean": "--sr-polar-mean"}
+                  "sr_polar_mean": "--sr-polar-mean", "sr_polar_quantile": "--sr-polar-quantile"}
 SPARSITY_SWITCHES = {"sr_per_image": "--sr-per-image", "include_upsample": "--include-upsample",
                      "include_sppf": "--include-sppf"}
 # prune_finetune.py's distillation flags (``--distill`` and the teacher are chosen by the benchmark)

@@ -6,7 +6,8 @@ through the pipeline's own prune and finetune steps, over several seeds.
     python benchmarks/bench_penalties.py --run runs/pipeline/quick --quick     # smoke test
 
 A penalty is ``NAME[,key=value...]``: ``l1``, ``hoyer`` or ``polarization`` with optional ``scale=``
-(``--scale``; default: the run's), ``t=`` (``--sr-polar-t``) and ``mean=`` (``--sr-polar-mean``).
+(``--scale``; default: the run's), ``t=`` (``--sr-polar-t``), ``mean=`` (``--sr-polar-mean``) and
+``q=`` (``--sr-polar-quantile``).
 For each penalty and seed, three steps, each with the settings the pipeline run recorded so that
 only the penalty and the seed differ:
 
@@ -41,12 +42,12 @@ import bench_sparsity as bs  # noqa: E402
 from utils.prune.sparsity import PENALTIES, bimodality  # noqa: E402
 
 DEFAULT_PENALTIES = ["l1", "polarization", "polarization,mean=layer"]
-OPTION_KEYS = {"scale": "scale", "t": "sr_polar_t", "mean": "sr_polar_mean"}  # spec key -> recorded option
+OPTION_KEYS = {"scale": "scale", "t": "sr_polar_t", "mean": "sr_polar_mean", "q": "sr_polar_quantile"}  # spec key -> recorded option
 
 
 def parse_penalty(spec: str) -> dict:
     """``NAME[,key=value...]`` -> the train_sparsity options it sets (``sr_penalty`` and any of
-    ``scale``, ``sr_polar_t``, ``sr_polar_mean``)."""
+    ``scale``, ``sr_polar_t``, ``sr_polar_mean``, ``sr_polar_quantile``)."""
     name, *pairs = [p.strip() for p in spec.split(",")]
     if name not in PENALTIES:
         raise ValueError(f"--penalties {spec}: unknown penalty {name!r}; use one of {', '.join(PENALTIES)}")
@@ -55,7 +56,7 @@ def parse_penalty(spec: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or key not in OPTION_KEYS:
             raise ValueError(f"--penalties {spec}: {pair!r} is not key=value with key one of {', '.join(OPTION_KEYS)}")
-        if key in ("t", "mean") and name != "polarization":
+        if key in ("t", "mean", "q") and name != "polarization":
             raise ValueError(f"--penalties {spec}: {key}= only applies to polarization")
         if key == "mean":
             if value not in ("global", "layer"):

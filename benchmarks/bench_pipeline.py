@@ -35,7 +35,8 @@ ENV_VARS = ["DATA", "CFG", "WEIGHTS", "IMG", "BATCH", "NBS", "OPTIMIZER", "EPOCH
             "TARGET_FLOPS", "LAYERS", "LATENCY_AWARE", "FT_COS_LR", "SCRATCH_COS_LR", "NAME", "DEVICE", "WORKERS",
             "NTRAIN", "QUICK", "CONTROLS", "PYTHON"]
 STAGE_KEYS = ["epochs", "img", "batch_size", "nbs", "optimizer", "hyp", "cos_lr", "seed", "max_train_images", "weights",
-              "sr", "scale", "sr_penalty", "sr_polar_t", "sr_polar_mean", "prune", "distill", "t_weights"]
+              "sr", "scale", "sr_penalty", "sr_polar_t", "sr_polar_mean", "sr_polar_quantile",
+              "prune", "distill", "t_weights"]
 STAGES = ["base", "sparse", "finetune", "finetune_distill", "control_sparse", "control_final", "scratch_small",
           "scratch_small_cos"]
 

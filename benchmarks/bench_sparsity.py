@@ -197,10 +197,13 @@ def sparse_layers(weights: Path) -> list[int]:
 
 def recorded(opt: dict) -> dict:
     """Row fields from a checkpoint's options: optimizer, epochs, -sr scale (0 without -sr) and
-    penalty (runs before --sr-penalty used l1; polarization with its t, e.g. ``polarization t=1``)."""
+    penalty (runs before --sr-penalty used l1; polarization with its t and any quantile split, e.g.
+    ``polarization t=1`` or ``polarization t=1 q=0.2``)."""
     penalty = (opt.get("sr_penalty") or "l1") if opt.get("sr") else None
     if penalty == "polarization":
         penalty += f" t={float(opt.get('sr_polar_t') or 1.0):g}"
+        if opt.get("sr_polar_quantile"):
+            penalty += f" q={float(opt['sr_polar_quantile']):g}"
     return {"optimizer": opt.get("optimizer"), "epochs": opt.get("epochs"),
             "scale": float(opt.get("scale") or 0.0) if opt.get("sr") else 0.0, "penalty": penalty}
 

@@ -166,12 +166,16 @@ def lr_schedule_text(cos_lr: Any) -> str:
 
 
 def penalty_text(opt: dict) -> str:
-    """`` with the polarization penalty (t 1, global mean)`` for a sparse stage's options; empty for L1."""
+    """`` with the polarization penalty (t 1, global mean)`` for a sparse stage's options (``global
+    0.2-quantile`` when it split at a quantile); empty for L1."""
     pen = opt.get("sr_penalty")
     if pen in (None, "l1"):
         return ""
     if pen == "polarization":
-        return f" with the polarization penalty (t {opt.get('sr_polar_t', 1.0):g}, {opt.get('sr_polar_mean') or 'global'} mean)"
+        q = opt.get("sr_polar_quantile")
+        pivot = f"{q:g}-quantile" if q else "mean"
+        return (f" with the polarization penalty (t {opt.get('sr_polar_t', 1.0):g}, "
+                f"{opt.get('sr_polar_mean') or 'global'} {pivot})")
     return f" with the {pen} penalty"
 
 

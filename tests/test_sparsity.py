@@ -238,6 +238,30 @@ def test_polarization_penalty_in_both_forms_uses_the_mean_over_all_layers():
     assert torch.allclose(ws[1].detach(), torch.full_like(ws[1], 2.0 - 0.1 * 3.0 * 0.5))  # (t - 1) s
 
 
+def test_polarization_quantile_split_pulls_only_the_channels_below_the_quantile():
+    model = _model_with_grads()
+    layers = _layers(model)[:2]
+    ws = [model.module_list[i].BatchNorm2d.weight for i in layers]
+    with torch.no_grad():
+        for w in ws:
+            w.copy_(torch.linspace(0.1, 1.0, w.numel()))
+    flat = torch.cat([w.detach().flatten() for w in ws])
+    q = torch.quantile(flat, 0.2)
+    assert flat.mean() > q  # the mean would pull more channels than the quantile does
+    opt = torch.optim.SGD([{"params": ws, "lr": 0.01}])
+    before = [w.detach().clone() for w in ws]
+    SparsityHook(layers, scale=1.0, form="decoupled", penalty="polarization",
+                 polar_quantile=0.2).apply_decoupled(model, opt)
+    for w, b in zip(ws, before):
+        below = b < q
+        assert torch.allclose(w.detach()[below], (b[below] - 0.02).clamp(min=0))  # (t + 1) s * lr
+        assert torch.equal(w.detach()[~below], b[~below])  # at or above the quantile with t = 1: untouched
+    moved = sum(int((w.detach() != b).sum()) for w, b in zip(ws, before))
+    assert 0.15 * flat.numel() <= moved <= 0.25 * flat.numel()
+    with pytest.raises(ValueError, match="--sr-polar-quantile"):
+        SparsityHook(layers, penalty="polarization", polar_quantile=1.0)
+
+
 def test_slide_fit_tells_a_slide_from_a_reordering():
     rng = np.random.default_rng(0)
     ref = [np.abs(rng.normal(1.0, 0.3, 200)), np.abs(rng.normal(1.2, 0.2, 100))]  # two layers

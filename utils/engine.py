@@ -160,6 +160,9 @@ class TrainConfig:
     sr_polar_mean: str = _opt("global", "polarization penalty: split each layer's channels around the mean "
                               "|gamma| of all regularised channels (global) or of the layer (layer)", "--sr-polar-mean",
                               group="sparsity", choices=["global", "layer"])
+    sr_polar_quantile: float = _opt(0.0, "polarization penalty: split at this quantile of |gamma| instead of "
+                                    "the mean, so about this share of the channels falls to zero (0: the mean)",
+                                    "--sr-polar-quantile", group="sparsity", type=fraction)
     sr_decay_epoch_frac: float = _opt(0.5, "fraction of the epochs after which global/local decay starts",
                                       "--sr-decay-epoch-frac", group="sparsity", type=fraction)
     sr_decay_factor: float = _opt(0.01, "decayed strength = s * factor", "--sr-decay-factor",

@@ -32,7 +32,9 @@ Two penalties (``SparsityHook.penalty``, ``--sr-penalty``):
 * ``"polarization"``: ``s * (t * sum|gamma| - sum| |gamma| - mean|gamma| |)`` with the mean over all
   regularised channels (``--sr-polar-mean global``; ``layer``: each layer's own) (``--sr-polar-t``,
   ``t >= 1``), per channel the pull ``sign(gamma) * (t - 1)`` on
-  channels above the mean and ``sign(gamma) * (t + 1)`` on those below it. Why: L1 pulls every channel
+  channels above the mean and ``sign(gamma) * (t + 1)`` on those below it. ``--sr-polar-quantile q``
+  splits at the q-quantile of |gamma| instead of the mean, so about a share q of the channels fall to
+  zero (with the mean, about half of them do). Why: L1 pulls every channel
   alike, so an unimportant channel and an important one only part where the data term pushes back,
   and over a short run the channels in transit fill the gap (the valley). The second term's
   minimisers are two-valued (zero and a common level), so channels below the mean fall toward zero
@@ -272,6 +274,7 @@ class SparsityHook(Hook):
     penalty: str = "l1"
     polar_t: float = 1.0
     polar_mean: str = "global"
+    polar_quantile: float = 0.0
     applied: int = field(default=0, init=False)
 
     def __post_init__(self):
@@ -285,6 +288,9 @@ class SparsityHook(Hook):
             raise ValueError(f"--sr-penalty {self.penalty}: use one of {', '.join(PENALTIES)}")
         if self.polar_mean not in ("global", "layer"):
             raise ValueError(f"--sr-polar-mean {self.polar_mean}: use global or layer")
+        if not 0 <= self.polar_quantile < 1:
+            raise ValueError(f"--sr-polar-quantile {self.polar_quantile}: use 0 (split at the mean) or a "
+                             "quantile in (0, 1)")
         if not self.polar_t >= 1:
             raise ValueError(f"--sr-polar-t {self.polar_t}: must be >= 1 (below 1 the channels above the mean "
                              "would be pushed up without bound)")
@@ -335,13 +341,19 @@ class SparsityHook(Hook):
         self.applied += 1
 
     def _means(self, params: list[torch.Tensor]) -> list[torch.Tensor | None]:
-        """Polarization: per parameter, the mean |gamma| its channels are split around (over all
-        regularised channels, or its own layer's with ``polar_mean="layer"``); None otherwise."""
+        """Polarization: per parameter, the |gamma| its channels are split around (over all regularised
+        channels, or its own layer's with ``polar_mean="layer"``): the mean, or the ``polar_quantile``
+        quantile when set; None for the other penalties."""
         if self.penalty != "polarization":
             return [None] * len(params)
+
+        def pivot(a: torch.Tensor) -> torch.Tensor:
+            a = a.detach().abs().flatten().float()
+            return torch.quantile(a, self.polar_quantile) if self.polar_quantile else a.mean()
+
         if self.polar_mean == "layer":
-            return [p.detach().abs().mean() for p in params]
-        m = torch.cat([p.detach().abs().flatten() for p in params]).mean()
+            return [pivot(p) for p in params]
+        m = pivot(torch.cat([p.detach().flatten() for p in params]))
         return [m] * len(params)
 
     @torch.no_grad()

@@ -398,7 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"the baseline's best.pt (a less independent comparison)")
     rows, gammas = {}, {}
     rows["baseline"], _ = measure(run.base, layers, data, img, split)
-    rows["baseline"].update(recorded(ac.checkpoint_opt(run.base)), epochs="-", wall_s=run.timings.get("train"))
+    base_opt = ac.checkpoint_opt(run.base)
+    rows["baseline"].update(recorded(base_opt), epochs="-", wall_s=run.timings.get("train"))
     for label, t, extra in ((SPARSE, sparse, {"control": CONTROL}), (CONTROL, control, {})):
         rows[label], gammas[label] = measure(Path(t["weights"]), layers, data, img, split)
         rows[label].update(recorded(ac.checkpoint_opt(t["weights"])), wall_s=t["wall_s"], source=t["source"], **extra)
@@ -423,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = ac.results_path("sparsity", smoke, opt.json)
     hist = write_histogram(gammas, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
     report = {"benchmark": "sparsity", "quick": smoke, "date": ac.now(), "machine": ac.machine_info(),
-              "run": str(run.root), "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
+              "run": str(run.root), "base_epochs": base_opt.get("epochs"), "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
               "split": split, "sr_source": sparse["source"], "control_source": control["source"],
               "control": str(control["weights"]), "layers": layers, "rows": rows, "targets": checks,
               "hist_png": hist, "table_markdown": table, "downstream": down or None}

@@ -307,7 +307,8 @@ def render_sparsity(d: dict) -> list[str]:
     split = f" ({d['split']})" if d.get("split") else ""
     body = [_sparsity_row(name, r, rows, with_schedule) for name, r in rows.items()]
     hyp = f", hyp `{Path(str(st['hyp'])).name}`" if st.get("hyp") else ""
-    lines = [f"Sparsity training from the pipeline's baseline with `-sr` and its matched control (the same training "
+    base = f"a baseline trained {d['base_epochs']} epochs" if d.get("base_epochs") else "the pipeline's baseline"
+    lines = [f"Sparsity training from {base} with `-sr` and its matched control (the same training "
              f"without `-sr`): {epochs(st.get('epochs'))}, {st.get('img')} px, batch {st.get('batch_size')}, nbs "
              f"{st.get('nbs')}, {st.get('optimizer')}{hyp}, seed {st.get('seed')}; |gamma| of the "
              f"{len(d.get('layers') or [])} prunable layers of the saved weights (pile near zero / valley / "

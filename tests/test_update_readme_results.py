@@ -171,6 +171,8 @@ def test_sparsity_without_schedules_has_no_schedule_column():
     body = _text(urr.render_sparsity(d))
     assert "lr schedule" not in body and "![" not in body
     assert "| sparsity (-sr) | AdamW | 0.003 | 0.080 |" in body
+    assert "from the pipeline's baseline" in body  # files written before the baseline's epochs were recorded
+    assert "from a baseline trained 100 epochs" in _text(urr.render_sparsity({**d, "base_epochs": 100}))
 
 
 # ------------------------------------------------------------------------------------ prune latency

@@ -581,6 +581,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "penalties": ("Sparsity penalties through pruning and finetuning", render_penalties),
     "pipeline_polarization": ("The five-step pipeline with the polarization penalty", render_pipeline),
     "sparsity_polarization": ("Sparsity training with the polarization penalty, with and without -sr", render_sparsity),
+    "sparsity_converged": ("Sparsity training from a longer-trained baseline, with and without -sr", render_sparsity),
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "frontier_linear_finetune": ("Accuracy against latency with linear finetuning (an earlier run, another machine)",
                                  render_frontier),

@@ -43,10 +43,13 @@ def configure(trainer: Trainer) -> None:
           + (f" ({form} {c.sr_penalty} penalty for {c.optimizer})" if c.sr else " (-sr off: statistics only)"))
     trainer.register(SparsityLogger(layers, trainer.save_dir))
     if c.sr:
-        trainer.register(SparsityHook(layers, c.scale, c.sr_schedule, c.sr_decay_epoch_frac, c.sr_decay_factor,
-                                      c.sr_local_keep, c.sr_per_image, c.epochs, form=form, penalty=c.sr_penalty,
-                                      polar_t=c.sr_polar_t, polar_mean=c.sr_polar_mean,
-                                      polar_quantile=c.sr_polar_quantile))
+        try:
+            hook = SparsityHook(layers, c.scale, c.sr_schedule, c.sr_decay_epoch_frac, c.sr_decay_factor,
+                                c.sr_local_keep, c.sr_per_image, c.epochs, form=form, penalty=c.sr_penalty,
+                                polar_t=c.sr_polar_t, polar_mean=c.sr_polar_mean, polar_quantile=c.sr_polar_quantile)
+        except ValueError as e:  # a flag value out of its range: the message names the flag
+            raise TrainError(str(e)) from None
+        trainer.register(hook)
     polar = c.sr and c.sr_penalty == "polarization"
     trainer.history_extra.update({
         "sr": bool(c.sr), "scale": c.scale if c.sr else 0.0, "schedule": c.sr_schedule,

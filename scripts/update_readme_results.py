@@ -586,6 +586,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "frontier_linear_finetune": ("Accuracy against latency with linear finetuning (an earlier run, another machine)",
                                  render_frontier),
     "frontier_converged": ("Accuracy against latency from a longer-trained baseline", render_frontier),
+    "frontier_converged_ft35": ("Accuracy against latency from a longer-trained baseline, finetuned 35 epochs",
+                                render_frontier),
     "prune_latency_trained": ("CPU latency of pruned models: a sparsity-trained yolov5s", render_prune_latency_trained),
     "latency_target": ("Pruning to a latency target", render_latency_target),
     "deploy": ("Deployment: runtimes and INT8", render_deploy),

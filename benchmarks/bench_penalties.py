@@ -42,7 +42,8 @@ import bench_sparsity as bs  # noqa: E402
 from utils.prune.sparsity import PENALTIES, bimodality  # noqa: E402
 
 DEFAULT_PENALTIES = ["l1", "polarization", "polarization,mean=layer"]
-OPTION_KEYS = {"scale": "scale", "t": "sr_polar_t", "mean": "sr_polar_mean", "q": "sr_polar_quantile"}  # spec key -> recorded option
+# spec key -> recorded option; every key but scale is polarization's own
+OPTION_KEYS = {"scale": "scale", "t": "sr_polar_t", "mean": "sr_polar_mean", "q": "sr_polar_quantile"}
 
 
 def parse_penalty(spec: str) -> dict:
@@ -56,7 +57,7 @@ def parse_penalty(spec: str) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or key not in OPTION_KEYS:
             raise ValueError(f"--penalties {spec}: {pair!r} is not key=value with key one of {', '.join(OPTION_KEYS)}")
-        if key in ("t", "mean", "q") and name != "polarization":
+        if key != "scale" and name != "polarization":
             raise ValueError(f"--penalties {spec}: {key}= only applies to polarization")
         if key == "mean":
             if value not in ("global", "layer"):

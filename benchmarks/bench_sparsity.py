@@ -424,7 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     json_path = ac.results_path("sparsity", smoke, opt.json)
     hist = write_histogram(gammas, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
     report = {"benchmark": "sparsity", "quick": smoke, "date": ac.now(), "machine": ac.machine_info(),
-              "run": str(run.root), "base_epochs": base_opt.get("epochs"), "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
+              "run": str(run.root), "base_epochs": base_opt.get("epochs"),
+              "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},
               "split": split, "sr_source": sparse["source"], "control_source": control["source"],
               "control": str(control["weights"]), "layers": layers, "rows": rows, "targets": checks,
               "hist_png": hist, "table_markdown": table, "downstream": down or None}

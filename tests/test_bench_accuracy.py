@@ -405,7 +405,9 @@ def test_penalty_specs_name_every_option_and_reject_bad_ones():
     assert parse("l1") == {"sr_penalty": "l1"}
     assert parse("polarization,t=1.2,mean=layer,scale=0.02") == {
         "sr_penalty": "polarization", "sr_polar_t": 1.2, "sr_polar_mean": "layer", "scale": 0.02}
-    for bad, match in (("l2", "unknown penalty"), ("l1,t=1", "only applies"), ("polarization,mean=net", "global or layer"),
+    assert parse("polarization,q=0.2") == {"sr_penalty": "polarization", "sr_polar_quantile": 0.2}
+    for bad, match in (("l2", "unknown penalty"), ("l1,t=1", "only applies"), ("hoyer,q=0.2", "only applies"),
+                       ("polarization,mean=net", "global or layer"),
                        ("hoyer,scale=x", "not a number"), ("hoyer,s=1", "key=value")):
         with pytest.raises(ValueError, match=match):
             parse(bad)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import statistics
 import sys
 import time
@@ -365,11 +366,26 @@ def _at(rows: Sequence[dict], method: str, point: float) -> dict | None:
     return max(found, key=lambda r: r["mAP50-95"], default=None)
 
 
+def delta_se(a: dict, b: dict, key: str = "mAP50-95") -> float | None:
+    """Standard error of the difference of two rows' seed means, sqrt(sa^2/na + sb^2/nb); None unless
+    both rows ran two or more seeds (a single run says nothing about its spread)."""
+    parts = []
+    for r in (a, b):
+        n, std = len(r.get("per_seed") or []), r.get(f"{key}_std")
+        if n < 2 or std is None:
+            return None
+        parts.append(std ** 2 / n)
+    return math.sqrt(sum(parts))
+
+
 def _versus(ours: dict, other: dict, control: str) -> dict:
-    """Signed differences ``ours - other`` (mAP) and both latency ratios."""
+    """Signed differences ``ours - other`` (mAP), their standard error over seeds (``delta_se``) and
+    both latency ratios."""
     out = {"control": control, "label": other["label"]}
     for key in ("mAP50-95", "mAP50"):
         out[f"delta_{key}"] = ours[key] - other[key]
+    out["delta_mAP50-95_se"] = delta_se(ours, other)
+    out["seeds"] = [len(r.get("per_seed") or []) for r in (ours, other)]
     for key in ("flops_ratio", "cpu_ratio", "onnx_ratio"):
         out[key] = other.get(key)
     out["verdict"] = "met" if out["delta_mAP50-95"] >= 0 else "MISSED"
@@ -409,8 +425,10 @@ def format_comparisons(comps: Sequence[dict]) -> list[str]:
     lines = []
     for c in comps:
         for v in c["versus"]:
+            se = v.get("delta_mAP50-95_se")
             lines.append(f"{c['point']:g} FLOPs: {c['ours']} {c['mAP50-95']:.3f} vs {v['label']} "
-                         f"{c['mAP50-95'] - v['delta_mAP50-95']:.3f}: {v['delta_mAP50-95']:+.3f} mAP@.5:.95 "
+                         f"{c['mAP50-95'] - v['delta_mAP50-95']:.3f}: {v['delta_mAP50-95']:+.3f}"
+                         f"{'' if se is None else f' ± {se:.3f} (s.e. over seeds)'} mAP@.5:.95 "
                          f"({v['verdict']}); CPU ratio {c['cpu_ratio']:.3f} vs {v['cpu_ratio']:.3f}, "
                          f"ONNX {c['onnx_ratio']:.3f} vs {v['onnx_ratio']:.3f}")
         if "layers" in c:

@@ -428,6 +428,11 @@ def render_frontier(d: dict) -> list[str]:
     return lines
 
 
+def _se(se: Any, seeds: Any) -> str:
+    counts = f" ({seeds[0]}, {seeds[1]})" if seeds else ""
+    return ("-" if se is None else f"{float(se):.3f}") + counts
+
+
 def _frontier_comparisons(d: dict) -> list[str]:
     """The pipeline's default result against each rival at each FLOPs point, and block + channel
     pruning against channel pruning alone (test mAP@.5:.95, signed; latency ratios to the source model)."""
@@ -435,14 +440,18 @@ def _frontier_comparisons(d: dict) -> list[str]:
     rivals = [c for c in comps if c.get("versus")]
     lines = []
     if rivals:
+        seeded = any(v.get("delta_mAP50-95_se") is not None for c in rivals for v in c["versus"])
         lines += [f"The pipeline's default result (`{d.get('pipeline_method')}`, plain finetune) against the "
-                  f"alternatives at the same FLOPs point (test mAP@.5:.95, ours minus theirs; met: at least theirs):", ""]
-        body = [[f"{c['point']:g}", v["label"], f_delta(v["delta_mAP50-95"]), f_delta(v["delta_mAP50"]), v["verdict"],
-                 f"{f_ratio(c.get('cpu_ratio'))} vs {f_ratio(v.get('cpu_ratio'))}",
-                 f"{f_ratio(c.get('onnx_ratio'))} vs {f_ratio(v.get('onnx_ratio'))}"]
+                  f"alternatives at the same FLOPs point (test mAP@.5:.95, ours minus theirs; met: at least theirs"
+                  f"{'; s.e.: standard error of the difference of the seed means, where both rows ran two or more seeds' if seeded else ''}):", ""]
+        body = [[f"{c['point']:g}", v["label"], f_delta(v["delta_mAP50-95"])]
+                + ([_se(v.get("delta_mAP50-95_se"), v.get("seeds"))] if seeded else [])
+                + [f_delta(v["delta_mAP50"]), v["verdict"],
+                   f"{f_ratio(c.get('cpu_ratio'))} vs {f_ratio(v.get('cpu_ratio'))}",
+                   f"{f_ratio(c.get('onnx_ratio'))} vs {f_ratio(v.get('onnx_ratio'))}"]
                 for c in rivals for v in c["versus"]]
-        lines += [table(["FLOPs point", "control", "Δ mAP@.5:.95", "Δ mAP@.5", "verdict", "CPU ratio ours vs theirs",
-                         "ONNX ratio ours vs theirs"], body), ""]
+        lines += [table(["FLOPs point", "control", "Δ mAP@.5:.95"] + (["s.e. (seeds ours, theirs)"] if seeded else [])
+                        + ["Δ mAP@.5", "verdict", "CPU ratio ours vs theirs", "ONNX ratio ours vs theirs"], body), ""]
     layers = [c for c in comps if c.get("layers")]
     if layers:
         lines += ["Residual blocks and channels removed (`layers+8x`) against the same channel pruning alone "

@@ -1,6 +1,7 @@
 """The frontier benchmark's planning, resumable runner, Torch-Pruning wiring and report, on synthetic
 stage outputs (the full chain runs with ``benchmarks/bench_frontier.py --quick``)."""
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+import accuracy_common as ac  # noqa: E402
 import bench_frontier as bf  # noqa: E402
 import frontier_stages as fs  # noqa: E402
 import frontier_tp  # noqa: E402
@@ -642,3 +644,28 @@ def test_torch_pruning_sparsity_stage_trains_with_the_engine(tmp_path):
     assert frontier_tp.main(args) == 0
     hist = torch.load(tmp_path / "tp_sparse" / "weights" / "last.pt", weights_only=False)["history"][-1]
     assert hist["regulariser"].startswith("torch-pruning") and hist["scale"] == fs.TP_REG
+
+
+def test_comparisons_carry_the_standard_error_of_seeded_differences():
+    def row(label, method, maps):
+        m, std = ac.mean_std(maps)
+        return {"label": label, "method": method, "point": 0.3, "mAP50-95": m, "mAP50-95_std": std, "mAP50": m,
+                "per_seed": [{"seed": i, "mAP50-95": x} for i, x in enumerate(maps)], "flops_ratio": 0.3,
+                "cpu_ratio": 0.5, "onnx_ratio": 0.5}
+
+    rows = [row("ours", "ours 8x default", [0.70, 0.74]), row("w", "trained from scratch", [0.76, 0.80, 0.78]),
+            row("tp", "Torch-Pruning BNScalePruner", [0.60])]
+    by = {v["control"]: v for v in bf.comparisons(rows, [0.3], "ours 8x default")[0]["versus"]}
+    scratch, tp = by["smaller model trained from scratch"], by["Torch-Pruning"]
+    # sqrt(s_ours^2 / 2 + s_w^2 / 3), sample standard deviations 0.02 * sqrt(2) and 0.02
+    assert scratch["delta_mAP50-95_se"] == pytest.approx(math.sqrt(0.0008 / 2 + 0.0004 / 3))
+    assert scratch["seeds"] == [2, 3] and scratch["verdict"] == "MISSED"
+    assert tp["delta_mAP50-95_se"] is None and tp["seeds"] == [2, 1]  # one Torch-Pruning run: no spread to give
+    line = bf.format_comparisons(bf.comparisons(rows, [0.3], "ours 8x default"))[0]
+    assert f"-0.060 ± {scratch['delta_mAP50-95_se']:.3f} (s.e. over seeds)" in line
+    comps = bf.comparisons(rows, [0.3], "ours 8x default")
+    body = "\n".join(urr._frontier_comparisons({"comparisons": comps, "pipeline_method": "ours 8x default"}))
+    assert f"| {scratch['delta_mAP50-95_se']:.3f} (2, 3) |" in body and "| - (2, 1) |" in body
+    unseeded = [{**r, "per_seed": r["per_seed"][:1], "mAP50-95_std": None} for r in rows]
+    body = "\n".join(urr._frontier_comparisons({"comparisons": bf.comparisons(unseeded, [0.3], "ours 8x default")}))
+    assert "s.e." not in body  # single-seed results keep the table they had

@@ -85,6 +85,16 @@ def targets(sr: dict, control: dict, epochs: int | str) -> dict[str, bool]:
     }
 
 
+def grid_targets(rows: dict[str, dict]) -> dict[str, bool]:
+    """The two -sr claims for each ``--grid`` row against its own matched control, named by its row."""
+    out = {}
+    for name, row in rows.items():
+        if row.get("source") == "--grid" and row.get("control"):
+            claims = targets(row, rows[row["control"]], row.get("epochs", "-"))
+            out.update({f"{name.removesuffix(' (-sr)')}: {k}": v for k, v in claims.items() if k.startswith("-sr")})
+    return out
+
+
 def _epochs(n: int | str) -> str:
     return f"{n} epoch" + ("" if str(n) == "1" else "s")
 
@@ -261,9 +271,12 @@ def check_grid(pairs: list[tuple[Path, Path]]) -> None:
             print(f"WARNING: --grid {sparse_w} was trained without -sr")
 
 
-def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split: str) -> dict[str, dict]:
-    """Two rows per --grid pair (checked by :func:`check_grid`): its -sr model and its control."""
+def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int,
+              split: str) -> tuple[dict[str, dict], dict[str, list]]:
+    """Two rows per --grid pair (checked by :func:`check_grid`): its -sr model and its control; and
+    the -sr models' gammas (for the histogram)."""
     rows: dict[str, dict] = {}
+    gammas: dict[str, list] = {}
     for k, (sparse_w, control_w) in enumerate(pairs, 1):
         sparse_opt = ac.checkpoint_opt(sparse_w)
         layers = sparse_layers(sparse_w)
@@ -275,7 +288,8 @@ def grid_rows(pairs: list[tuple[Path, Path]], data: str | None, img: int, split:
         rows[name + " (-sr)"] = {**row, **recorded(sparse_opt), "wall_s": None, "source": "--grid",
                                  "control": name + " (control)", "vs_control": slide_fit(g, g_ctrl)}
         rows[name + " (control)"] = {**ctrl, **recorded(ac.checkpoint_opt(control_w)), "wall_s": None, "source": "--grid"}
-    return rows
+        gammas[name + " (-sr)"] = g
+    return rows, gammas
 
 
 # ------------------------------------------------------------------------------------ downstream
@@ -353,7 +367,8 @@ def histogram_path(json_path: Path) -> Path:
 
 
 def write_histogram(gammas: dict[str, list], scale: float, path: Path) -> str | None:
-    """|gamma| of the sparse model and its control on one plot; None without matplotlib."""
+    """|gamma| of the sparse model, its control and the --grid -sr models on one plot; None without
+    matplotlib."""
     try:
         import matplotlib  # noqa: F401 (optional dependency)
     except ImportError:
@@ -404,8 +419,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows[label], gammas[label] = measure(Path(t["weights"]), layers, data, img, split)
         rows[label].update(recorded(ac.checkpoint_opt(t["weights"])), wall_s=t["wall_s"], source=t["source"], **extra)
     rows[SPARSE]["vs_control"] = slide_fit(gammas[SPARSE], gammas[CONTROL])
-    rows.update(grid_rows(grid, data, img, split))
-    checks = targets(rows[SPARSE], rows[CONTROL], settings["epochs"])
+    more_rows, more_gammas = grid_rows(grid, data, img, split)
+    rows.update(more_rows)
+    checks = {**targets(rows[SPARSE], rows[CONTROL], settings["epochs"]), **grid_targets(rows)}
 
     down = downstream_rows(run, Path(control["weights"]), data, img, split, opt.fresh, smoke) if opt.downstream else {}
     if down:
@@ -422,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   for k, r in down.items()]))
     ac.print_targets(checks, smoke)
     json_path = ac.results_path("sparsity", smoke, opt.json)
-    hist = write_histogram(gammas, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
+    hist = write_histogram({**gammas, **more_gammas}, rows[SPARSE]["bimodality"]["scale"], histogram_path(json_path))
     report = {"benchmark": "sparsity", "quick": smoke, "date": ac.now(), "machine": ac.machine_info(),
               "run": str(run.root), "base_epochs": base_opt.get("epochs"),
               "settings": {k: settings.get(k) for k in SETTING_KEYS if k in settings},

@@ -591,6 +591,8 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "pipeline_polarization": ("The five-step pipeline with the polarization penalty", render_pipeline),
     "sparsity_polarization": ("Sparsity training with the polarization penalty, with and without -sr", render_sparsity),
     "sparsity_converged": ("Sparsity training from a longer-trained baseline, with and without -sr", render_sparsity),
+    "sparsity_quantile": ("Sparsity training with the polarization split at a quantile, with and without -sr",
+                          render_sparsity),
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "frontier_linear_finetune": ("Accuracy against latency with linear finetuning (an earlier run, another machine)",
                                  render_frontier),

@@ -102,6 +102,22 @@ def test_sparsity_targets():
     assert all(better.values())  # beating the control is within the budget
 
 
+def test_sparsity_grid_rows_are_judged_against_their_own_control():
+    rows = {"sparsity (-sr)": _sp(False, 0.40), "matched control (no -sr)": _sp(False, 0.50),
+            "grid 1: q=0.2 (-sr)": {**_sp(True, 0.47), "source": "--grid", "control": "grid 1: q=0.2 (control)",
+                                    "epochs": 15},
+            "grid 1: q=0.2 (control)": {**_sp(False, 0.50), "source": "--grid"},
+            "grid 2: q=0.1 (-sr)": {**_sp(False, 0.60), "source": "--grid", "control": "grid 2: q=0.1 (control)",
+                                    "epochs": 10},
+            "grid 2: q=0.1 (control)": {**_sp(False, 0.59), "source": "--grid"}}
+    checks = bench_sparsity.grid_targets(rows)
+    assert len(checks) == 4 and all(k.startswith("grid ") for k in checks)  # the -sr claims only, per grid row
+    assert checks["grid 1: q=0.2: -sr: |gamma| bimodal (a pile near zero and a separated group)"]
+    assert not checks["grid 1: q=0.2: -sr: mAP@.5:.95 within 0.02 of the matched control (same 15 epochs, no -sr)"]
+    assert not checks["grid 2: q=0.1: -sr: |gamma| bimodal (a pile near zero and a separated group)"]
+    assert checks["grid 2: q=0.1: -sr: mAP@.5:.95 within 0.02 of the matched control (same 10 epochs, no -sr)"]
+
+
 def test_sparsity_downstream_repeats_the_recorded_prune_step(tmp_path):
     step = {"step": "prune", "strategy": "8x", "ratio": 0.7856,
             "settings": {"layer_keep": 0.01, "round_to": 16, "include_upsample": True, "include_sppf": True,
@@ -341,7 +357,8 @@ def test_bench_sparsity_end_to_end_reuses_the_runs_control(tiny_run, tmp_path, c
     for row in r["rows"].values():
         assert set(row["bimodality"]) >= {"low_share", "valley_share", "high_share", "bimodal", "sarle_bc"}
         assert 0.0 <= row["mAP50-95"] <= row["mAP50"] <= 1.0
-    assert len(r["targets"]) == 3 and all(isinstance(v, bool) for v in r["targets"].values())
+    # the three claims, and the grid row's two -sr claims against its own control
+    assert len(r["targets"]) == 3 + 2 and all(isinstance(v, bool) for v in r["targets"].values())
 
 
 def test_bench_sparsity_refuses_an_unmatched_control(tiny_run, tmp_path):

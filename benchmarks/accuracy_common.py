@@ -246,14 +246,28 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+def newer_inputs(cmd: Sequence[str], since: float) -> list[str]:
+    """The files named in ``cmd`` (checkpoints, cfgs, data and hyp files; not the scripts) modified
+    after ``since`` (a timestamp): a cached output made from them before is stale."""
+    out = []
+    for arg in cmd:
+        path = Path(arg)
+        if path.suffix != ".py" and path.is_file() and path.stat().st_mtime > since:
+            out.append(str(arg))
+    return out
+
+
 def cached_run(cmd: Sequence[str], out_dir: Path, done: str, fresh: bool) -> dict:
-    """Run ``cmd`` (which writes ``out_dir``) unless an earlier identical command finished there.
+    """Run ``cmd`` (which writes ``out_dir``) unless an earlier identical command finished there
+    from the same inputs.
 
     ``done`` is a glob under ``out_dir`` that a finished run matches (``weights/best.pt``).
     ``out_dir/bench_meta.json`` records the command and its wall time, so a benchmark interrupted
-    half-way resumes where it stopped. A stale folder is deleted first (the training engine
-    appends to an existing results.csv); only folders under ``runs/bench`` are touched. Returns
-    the meta data plus ``outputs`` (the files matching ``done``) and ``reused``.
+    half-way resumes where it stopped. A run whose input files (``newer_inputs``: e.g. the
+    checkpoint an earlier step rewrote) changed after it finished is stale, like one with another
+    command. A stale folder is deleted first (the training engine appends to an existing
+    results.csv); only folders under ``runs/bench`` are touched. Returns the meta data plus
+    ``outputs`` (the files matching ``done``) and ``reused``.
     """
     out_dir = Path(out_dir)
     if not out_dir.resolve().is_relative_to(BENCH_RUNS.resolve()):
@@ -263,7 +277,10 @@ def cached_run(cmd: Sequence[str], out_dir: Path, done: str, fresh: bool) -> dic
     outputs = sorted(out_dir.glob(done))
     if not fresh and meta_path.is_file() and outputs:
         meta = json.loads(meta_path.read_text())
-        if meta.get("cmd") == cmd:
+        changed = newer_inputs(cmd, meta_path.stat().st_mtime)
+        if changed:
+            print(f"==> {_rel(out_dir)} is stale: {', '.join(changed)} changed after it finished", flush=True)
+        elif meta.get("cmd") == cmd:
             print(f"==> reusing {_rel(out_dir)} (same command, finished {meta.get('date')}, "
                   f"{meta['wall_s']:.0f}s)", flush=True)
             return {**meta, "outputs": outputs, "reused": True}

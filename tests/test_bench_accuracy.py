@@ -70,6 +70,25 @@ def test_cached_run_only_touches_runs_bench(tmp_path):
         ac.cached_run(["true"], tmp_path / "out", "x", fresh=False)
 
 
+def test_cached_run_reruns_a_step_whose_input_changed_after_it_finished(tmp_path, monkeypatch):
+    monkeypatch.setattr(ac, "BENCH_RUNS", tmp_path)
+    src, out = tmp_path / "sparse.pt", tmp_path / "pruned"
+    src.write_text("first")
+    copy = ("import pathlib, sys; o = pathlib.Path(sys.argv[1]); o.mkdir(exist_ok=True); "
+            "(o / 'out.txt').write_text(pathlib.Path(sys.argv[2]).read_text())")
+    cmd = [sys.executable, "-c", copy, str(out), str(src)]
+    assert not ac.cached_run(cmd, out, "out.txt", fresh=False)["reused"]
+    assert ac.cached_run(cmd, out, "out.txt", fresh=False)["reused"]  # same command, inputs untouched
+    meta = out / "bench_meta.json"
+    finished = meta.stat().st_mtime - 10
+    os.utime(meta, (finished, finished))  # the step finished a while ago ...
+    src.write_text("second")  # ... and an earlier step rewrote its output since: same command, other inputs
+    assert ac.newer_inputs(cmd, finished) == [str(src)]  # the scripts (and the interpreter) are not inputs
+    assert not ac.cached_run(cmd, out, "out.txt", fresh=False)["reused"]
+    assert (out / "out.txt").read_text() == "second"
+    assert ac.cached_run(cmd, out, "out.txt", fresh=False)["reused"]
+
+
 def test_find_run_names_the_missing_checkpoint_and_spots_smoke_runs(tmp_path):
     (tmp_path / "base" / "weights").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="base checkpoint"):

@@ -593,6 +593,7 @@ SECTIONS: dict[str, tuple[str, Callable[[dict], list[str]]]] = {
     "sparsity_converged": ("Sparsity training from a longer-trained baseline, with and without -sr", render_sparsity),
     "sparsity_quantile": ("Sparsity training with the polarization split at a quantile, with and without -sr",
                           render_sparsity),
+    "penalties_quantile": ("The polarization split at a quantile through pruning and finetuning", render_penalties),
     "frontier": ("Accuracy against latency: pruning vs smaller models", render_frontier),
     "frontier_linear_finetune": ("Accuracy against latency with linear finetuning (an earlier run, another machine)",
                                  render_frontier),

@@ -293,7 +293,8 @@ def test_penalties_intro_names_the_shared_baseline_steps_and_split():
 def test_sections_order_and_stale_files_gone():
     assert list(urr.SECTIONS) == [
         "pipeline", "distill", "sparsity", "penalties", "pipeline_polarization", "sparsity_polarization",
-        "sparsity_converged", "sparsity_quantile", "frontier", "frontier_linear_finetune", "frontier_converged", "frontier_converged_ft35",
+        "sparsity_converged", "sparsity_quantile", "penalties_quantile",
+        "frontier", "frontier_linear_finetune", "frontier_converged", "frontier_converged_ft35",
         "prune_latency_trained", "latency_target", "deploy", "prune_latency", "channels_last", "prune_time",
         "throughput", "onnx_latency"]
     assert urr.SECTIONS["prune_latency_trained"][0] == "CPU latency of pruned models: a sparsity-trained yolov5s"

@@ -375,7 +375,9 @@ def tp_stages(s: Settings, root: Path) -> list[Stage]:
     """Torch-Pruning: its regulariser at its own default strength (:data:`TP_REG`) for the sparsity
     epochs (our engine, with the sparsity step's optimizer and hyperparameters), pruned to each
     point, finetuned plain."""
-    py, tp = sys.executable, str(ROOT / "benchmarks" / "frontier_tp.py")
+    # relative to the repository root (the stages' working directory), like the other scripts: the
+    # stages' fingerprints do not depend on where the checkout lies
+    py, tp = sys.executable, "benchmarks/frontier_tp.py"
     out = [Stage("tp_sparse", "sparsity", (py, tp, "sparsity", "--weights", str(root / "base" / "weights" / "best.pt"),
                                            *_train_flags(s, s.budget.sparse, s.sp_hyp, 0, s.sp_optimizer),
                                            "--reg", f"{TP_REG:g}",

@@ -669,3 +669,13 @@ def test_comparisons_carry_the_standard_error_of_seeded_differences():
     unseeded = [{**r, "per_seed": r["per_seed"][:1], "mAP50-95_std": None} for r in rows]
     body = "\n".join(urr._frontier_comparisons({"comparisons": bf.comparisons(unseeded, [0.3], "ours 8x default")}))
     assert "s.e." not in body  # single-seed results keep the table they had
+
+
+def test_stage_scripts_are_named_relative_to_the_repository(tmp_path):
+    """The stages run in the repository root; naming their scripts relative to it keeps the stages'
+    fingerprints the same wherever the checkout lies (a moved clone finds its finished stages)."""
+    stages = _plan(tmp_path)
+    for st in stages:
+        assert not Path(st.cmd[1]).is_absolute() and (ROOT / st.cmd[1]).is_file(), st.name
+    tp_scripts = [st.cmd[1] for st in stages if st.name in ("tp_sparse", "tp_prune_f0.3")]
+    assert tp_scripts == ["benchmarks/frontier_tp.py"] * 2

@@ -679,3 +679,11 @@ def test_stage_scripts_are_named_relative_to_the_repository(tmp_path):
         assert not Path(st.cmd[1]).is_absolute() and (ROOT / st.cmd[1]).is_file(), st.name
     tp_scripts = [st.cmd[1] for st in stages if st.name in ("tp_sparse", "tp_prune_f0.3")]
     assert tp_scripts == ["benchmarks/frontier_tp.py"] * 2
+
+
+def test_the_report_needs_one_finished_seed_of_the_latency_reference(tmp_path):
+    stages = _plan(tmp_path, seeds=(0, 1))
+    assert {"scratch_src_s0", "scratch_src_s1"} <= {st.name for st in stages}
+    assert not bf.reference_finished(stages, {"scratch_src_s0", "scratch_src_s1"})  # trained, not evaluated
+    assert bf.reference_finished(stages, {"eval_scratch_src_s0"})  # seed 1 still running: ratios can be taken
+    assert not bf.reference_finished(stages, {f"eval_{st.name}" for st in stages if not st.row.get("reference")})

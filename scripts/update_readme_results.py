@@ -441,9 +441,11 @@ def _frontier_comparisons(d: dict) -> list[str]:
     lines = []
     if rivals:
         seeded = any(v.get("delta_mAP50-95_se") is not None for c in rivals for v in c["versus"])
+        se_text = ("; s.e.: standard error of the difference of the seed means, where both rows ran two or "
+                   "more seeds") if seeded else ""
         lines += [f"The pipeline's default result (`{d.get('pipeline_method')}`, plain finetune) against the "
                   f"alternatives at the same FLOPs point (test mAP@.5:.95, ours minus theirs; met: at least theirs"
-                  f"{'; s.e.: standard error of the difference of the seed means, where both rows ran two or more seeds' if seeded else ''}):", ""]
+                  f"{se_text}):", ""]
         body = [[f"{c['point']:g}", v["label"], f_delta(v["delta_mAP50-95"])]
                 + ([_se(v.get("delta_mAP50-95_se"), v.get("seeds"))] if seeded else [])
                 + [f_delta(v["delta_mAP50"]), v["verdict"],

@@ -277,13 +277,13 @@ def cached_run(cmd: Sequence[str], out_dir: Path, done: str, fresh: bool) -> dic
     outputs = sorted(out_dir.glob(done))
     if not fresh and meta_path.is_file() and outputs:
         meta = json.loads(meta_path.read_text())
-        changed = newer_inputs(cmd, meta_path.stat().st_mtime)
-        if changed:
+        if meta.get("cmd") == cmd:
+            changed = newer_inputs(cmd, meta_path.stat().st_mtime)
+            if not changed:
+                print(f"==> reusing {_rel(out_dir)} (same command, finished {meta.get('date')}, "
+                      f"{meta['wall_s']:.0f}s)", flush=True)
+                return {**meta, "outputs": outputs, "reused": True}
             print(f"==> {_rel(out_dir)} is stale: {', '.join(changed)} changed after it finished", flush=True)
-        elif meta.get("cmd") == cmd:
-            print(f"==> reusing {_rel(out_dir)} (same command, finished {meta.get('date')}, "
-                  f"{meta['wall_s']:.0f}s)", flush=True)
-            return {**meta, "outputs": outputs, "reused": True}
     if out_dir.exists():
         shutil.rmtree(out_dir)
     wall = run_logged(cmd, out_dir.parent / f"{out_dir.name}.log")

@@ -655,15 +655,15 @@ def test_comparisons_carry_the_standard_error_of_seeded_differences():
 
     rows = [row("ours", "ours 8x default", [0.70, 0.74]), row("w", "trained from scratch", [0.76, 0.80, 0.78]),
             row("tp", "Torch-Pruning BNScalePruner", [0.60])]
-    by = {v["control"]: v for v in bf.comparisons(rows, [0.3], "ours 8x default")[0]["versus"]}
+    comps = bf.comparisons(rows, [0.3], "ours 8x default")
+    by = {v["control"]: v for v in comps[0]["versus"]}
     scratch, tp = by["smaller model trained from scratch"], by["Torch-Pruning"]
     # sqrt(s_ours^2 / 2 + s_w^2 / 3), sample standard deviations 0.02 * sqrt(2) and 0.02
     assert scratch["delta_mAP50-95_se"] == pytest.approx(math.sqrt(0.0008 / 2 + 0.0004 / 3))
     assert scratch["seeds"] == [2, 3] and scratch["verdict"] == "MISSED"
     assert tp["delta_mAP50-95_se"] is None and tp["seeds"] == [2, 1]  # one Torch-Pruning run: no spread to give
-    line = bf.format_comparisons(bf.comparisons(rows, [0.3], "ours 8x default"))[0]
+    line = bf.format_comparisons(comps)[0]
     assert f"-0.060 ± {scratch['delta_mAP50-95_se']:.3f} (s.e. over seeds)" in line
-    comps = bf.comparisons(rows, [0.3], "ours 8x default")
     body = "\n".join(urr._frontier_comparisons({"comparisons": comps, "pipeline_method": "ours 8x default"}))
     assert f"| {scratch['delta_mAP50-95_se']:.3f} (2, 3) |" in body and "| - (2, 1) |" in body
     unseeded = [{**r, "per_seed": r["per_seed"][:1], "mAP50-95_std": None} for r in rows]

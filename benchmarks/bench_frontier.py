@@ -463,7 +463,9 @@ def format_table(rows: Sequence[dict]) -> str:
 
 
 def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
-    """mAP@.5:.95 against CPU latency, one marker (and line) per method; None without matplotlib."""
+    """mAP@.5:.95 against the CPU latency ratio to the reference model (paired per round, so steadier
+    than milliseconds on a shared machine), one marker and line per series (a method, the models from
+    scratch one per learning-rate schedule); None without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -472,16 +474,17 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
         print("NOTE: matplotlib is not installed: no plot")
         return None
     markers = "osD^v<>pP*Xhd"
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    series = list(dict.fromkeys(r.get("series", r["method"]) for r in rows))
+    reference = next((r["label"] for r in rows if r.get("reference")), "the reference model")
     colours = plt.get_cmap("tab20").colors
     fig, ax = plt.subplots(figsize=(10, 5.5))
-    for k, method in enumerate(methods):
-        pts = sorted((r for r in rows if r["method"] == method), key=lambda r: r["cpu_ms"])
-        ax.errorbar([r["cpu_ms"] for r in pts], [r["mAP50-95"] for r in pts],
+    for k, name in enumerate(series):
+        pts = sorted((r for r in rows if r.get("series", r["method"]) == name), key=lambda r: r["cpu_ratio"])
+        ax.errorbar([r["cpu_ratio"] for r in pts], [r["mAP50-95"] for r in pts],
                     yerr=[r.get("mAP50-95_std") or 0.0 for r in pts], marker=markers[k % len(markers)],
                     color=colours[(2 * k) % 20 + (k // 10) % 2], linestyle="-" if len(pts) > 1 else "none",
-                    capsize=3, label=method)
-    ax.set_xlabel("CPU latency, ms (batch 1, BN fused, 1 thread)")
+                    capsize=3, label=name)
+    ax.set_xlabel(f"CPU latency / latency of {reference} (batch 1, BN fused, 1 thread, paired per round)")
     ax.set_ylabel("test mAP@.5:.95")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -258,6 +258,7 @@ def scratch_stages(s: Settings, root: Path, widths: dict[float, str], costs: dic
                                                  *_out(root, name)),
                                  epochs=s.budget.total, cost=costs.get(key, 1.0), weights="weights/best.pt",
                                  row={"method": "trained from scratch", "label": label + note, "seed": seed,
+                                      "series": "trained from scratch" + note,
                                       "point": point, "epochs": s.budget.total, "reference": key == SOURCE_KEY}))
     return out
 

@@ -571,6 +571,8 @@ def test_width_scaled_models_train_with_both_schedules_and_compare_at_their_best
         assert "--cos-lr" not in linear.cmd and "--cos-lr" in cosine.cmd
         assert [c.replace("_cos_s0", "_s0") for c in cosine.cmd if c != "--cos-lr"] == list(linear.cmd)
         assert cosine.row["label"] == linear.row["label"] + ", cosine lr" and cosine.row["point"] == linear.row["point"]
+        # one method (the comparisons pick the stronger schedule), two plot series (a line per schedule)
+        assert cosine.row["method"] == linear.row["method"] and cosine.row["series"] != linear.row["series"]
     assert "scratch_src_cos_s0" not in by  # the unpruned source model: one schedule (the teacher, the reference)
     assert not any(n.endswith("_cos_s0") for n in {st.name for st in _plan(tmp_path, scratch_cos_lr=False)})
     rows = [{"method": "ours 8x default", "label": "ours", "point": 0.5, "mAP50-95": 0.70, "mAP50": 0.9},

@@ -474,12 +474,15 @@ def plot(rows: Sequence[dict], path: Path, title: str) -> Path | None:
         print("NOTE: matplotlib is not installed: no plot")
         return None
     markers = "osD^v<>pP*Xhd"
-    series = list(dict.fromkeys(r.get("series", r["method"]) for r in rows))
+    def series_of(r: dict) -> str:
+        return r.get("series", r["method"])
+
+    series = list(dict.fromkeys(map(series_of, rows)))
     reference = next((r["label"] for r in rows if r.get("reference")), "the reference model")
     colours = plt.get_cmap("tab20").colors
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for k, name in enumerate(series):
-        pts = sorted((r for r in rows if r.get("series", r["method"]) == name), key=lambda r: r["cpu_ratio"])
+        pts = sorted((r for r in rows if series_of(r) == name), key=lambda r: r["cpu_ratio"])
         ax.errorbar([r["cpu_ratio"] for r in pts], [r["mAP50-95"] for r in pts],
                     yerr=[r.get("mAP50-95_std") or 0.0 for r in pts], marker=markers[k % len(markers)],
                     color=colours[(2 * k) % 20 + (k // 10) % 2], linestyle="-" if len(pts) > 1 else "none",

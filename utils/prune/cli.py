@@ -602,7 +602,7 @@ def _print_plan(result: PruneResult, state: dict) -> None:
     if p.ratio > p.safe_ratio:
         print(f"WARNING: ratio {p.ratio} exceeds the safe ratio {p.safe_ratio:.4f}: the threshold "
               f"empties some layers, which keep only their per-layer minimum of channels; a prune this deep "
-              f"loses most of what the model knew, so expect to finetune long, and compare with the smaller "
+              f"can remove much of what the model knew, so expect to finetune long, and compare with the smaller "
               f"model trained from scratch (README: Which pruning to use)")
 
 
